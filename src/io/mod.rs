@@ -1,0 +1,440 @@
+//! The I/O seam: the only module that touches glommio files, timers and raw syscalls.
+//!
+//! Storage code opens files through a [`Disk`] and gets [`File`]s back. A `File` wraps a glommio
+//! [`DmaFile`]: every read and write goes through io_uring with `O_DIRECT`, so writes must be
+//! [`BLOCK_BYTES`]-aligned in position and length. A `Disk` made with [`Disk::with_faults`]
+//! injects errors (EIO, ENOSPC, failing `fdatasync`) into the files it opens, which is how the
+//! tests drive the storage engine's error paths on real files.
+//!
+//! Two facts of this platform live here:
+//! - glommio probes a device for polled I/O with a real read of the first `DmaFile` opened on it
+//!   (per thread). An empty or write-only first file makes the probe wrongly enable the poll ring
+//!   and every later read fails with EOPNOTSUPP (os error 95). [`Disk::prepare_dir`] opens one
+//!   non-empty file read-write first.
+//! - tmpfs does not support `O_DIRECT` (glommio silently falls back to buffered I/O there), so a
+//!   data directory on tmpfs is refused with a clear error.
+
+mod fault;
+
+pub use fault::Faults;
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+
+use crate::error::{Error, Result};
+
+/// The alignment of every direct-I/O write, in position and length.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// The file written once per device (per thread) to steer glommio's polled-I/O probe.
+const PROBE_FILE_NAME: &str = ".corelog-probe";
+
+/// Rounds `v` up to a multiple of [`BLOCK_BYTES`].
+pub fn align_up(v: u64) -> u64 {
+    v.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+/// Rounds `v` down to a multiple of [`BLOCK_BYTES`].
+pub fn align_down(v: u64) -> u64 {
+    v - v % BLOCK_BYTES
+}
+
+thread_local! {
+    /// Devices (st_dev) this thread has already probed.
+    static PROBED_DEVICES: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+}
+
+/// Opens files for the storage engine. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Disk {
+    faults: Option<Rc<Faults>>,
+}
+
+impl Disk {
+    /// The real disk.
+    pub fn new() -> Disk {
+        Disk { faults: None }
+    }
+
+    /// The real disk with errors injected as `faults` says (tests only).
+    pub fn with_faults(faults: Rc<Faults>) -> Disk {
+        Disk {
+            faults: Some(faults),
+        }
+    }
+
+    /// Creates `dir` if needed, refuses filesystems without `O_DIRECT`, and makes sure glommio's
+    /// polled-I/O probe for the directory's device has run on a non-empty read-write file.
+    pub async fn prepare_dir(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::from_io("creating", dir, e))?;
+        check_direct_io_filesystem(dir)?;
+        let dev = std::fs::metadata(dir)
+            .map_err(|e| Error::from_io("inspecting", dir, e))?
+            .dev();
+        if PROBED_DEVICES.with(|p| p.borrow().contains(&dev)) {
+            return Ok(());
+        }
+        let probe = dir.join(PROBE_FILE_NAME);
+        let block = vec![0xA5u8; BLOCK_BYTES as usize];
+        std::fs::write(&probe, &block).map_err(|e| Error::from_io("writing", &probe, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(&probe)
+            .await
+            .map_err(|e| Error::from_io("opening", &probe, e.into()))?;
+        let read = file
+            .read_at_aligned(0, BLOCK_BYTES as usize)
+            .await
+            .map_err(|e| Error::from_io("reading", &probe, e.into()));
+        let _ = file.close().await;
+        let _ = std::fs::remove_file(&probe);
+        read?;
+        PROBED_DEVICES.with(|p| p.borrow_mut().insert(dev));
+        Ok(())
+    }
+
+    /// Opens `path` for direct-I/O reads and writes, creating it if it does not exist.
+    pub async fn open_rw(&self, path: &Path) -> Result<File> {
+        let dma = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(path)
+            .await
+            .map_err(|e| Error::from_io("opening", path, e.into()))?;
+        Ok(File {
+            dma,
+            path: path.to_path_buf(),
+            faults: self.faults.clone(),
+        })
+    }
+
+    /// Opens an existing file for direct-I/O reads only.
+    pub async fn open_read(&self, path: &Path) -> Result<File> {
+        let dma = OpenOptions::new()
+            .read(true)
+            .dma_open(path)
+            .await
+            .map_err(|e| Error::from_io("opening", path, e.into()))?;
+        Ok(File {
+            dma,
+            path: path.to_path_buf(),
+            faults: self.faults.clone(),
+        })
+    }
+
+    /// Makes directory entries created or removed in `dir` durable.
+    pub async fn sync_dir(&self, dir: &Path) -> Result<()> {
+        if let Some(f) = &self.faults {
+            f.before_sync(dir)?;
+        }
+        let d = glommio::io::Directory::open(dir)
+            .await
+            .map_err(|e| Error::from_io("opening directory", dir, e.into()))?;
+        let res = d
+            .sync()
+            .await
+            .map_err(|e| Error::from_io("syncing directory", dir, e.into()));
+        let _ = d.close().await;
+        res
+    }
+
+    /// Removes a file; a file that is already gone is not an error.
+    pub fn remove_file(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::from_io("removing", path, e)),
+        }
+    }
+
+    /// Lists the names of the entries of `dir`.
+    pub fn list_dir(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::from_io("listing", dir, e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::from_io("listing", dir, e))?;
+            out.push(entry.path());
+        }
+        Ok(out)
+    }
+
+    /// Writes a small file atomically and durably: a temporary file, `fsync`, rename, then
+    /// `fsync` of the directory. For metadata files, not the data path.
+    pub async fn write_file_atomic(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f =
+                std::fs::File::create(&tmp).map_err(|e| Error::from_io("creating", &tmp, e))?;
+            f.write_all(contents)
+                .map_err(|e| Error::from_io("writing", &tmp, e))?;
+            f.sync_all()
+                .map_err(|e| Error::from_io("syncing", &tmp, e))?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| Error::from_io("renaming", &tmp, e))?;
+        self.sync_dir(dir).await
+    }
+}
+
+/// One direct-I/O file.
+pub struct File {
+    dma: DmaFile,
+    path: PathBuf,
+    faults: Option<Rc<Faults>>,
+}
+
+/// A buffer suitable for [`File::write_at`]: aligned for direct I/O.
+pub struct WriteBuf(DmaBuffer);
+
+impl WriteBuf {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.0.as_bytes_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+impl File {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A zero-filled buffer of `len` bytes (a multiple of [`BLOCK_BYTES`]).
+    pub fn alloc(&self, len: usize) -> WriteBuf {
+        assert!(
+            len as u64 % BLOCK_BYTES == 0,
+            "direct-I/O buffer length {len} is not block aligned"
+        );
+        let mut buf = self.dma.alloc_dma_buffer(len);
+        buf.as_bytes_mut().fill(0);
+        WriteBuf(buf)
+    }
+
+    /// Writes the whole buffer at `pos`. A short write is an error: the caller treats the range
+    /// as unknown, exactly like a failed write.
+    pub async fn write_at(&self, buf: WriteBuf, pos: u64) -> Result<()> {
+        assert!(
+            pos % BLOCK_BYTES == 0,
+            "direct-I/O write position {pos} is not block aligned"
+        );
+        let len = buf.len();
+        if let Some(f) = &self.faults {
+            f.before_write(&self.path)?;
+        }
+        let written = self
+            .dma
+            .write_at(buf.0, pos)
+            .await
+            .map_err(|e| Error::from_io("writing", &self.path, e.into()))?;
+        if written != len {
+            return Err(Error::from_io(
+                "writing",
+                &self.path,
+                io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {len} bytes at {pos}"),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `pos` (any alignment). Fewer bytes come back at end of file.
+    pub async fn read_at(&self, pos: u64, len: usize) -> Result<ReadResult> {
+        if let Some(f) = &self.faults {
+            f.before_read(&self.path)?;
+        }
+        self.dma
+            .read_at(pos, len)
+            .await
+            .map_err(|e| Error::from_io("reading", &self.path, e.into()))
+    }
+
+    /// `fdatasync`: makes every write that completed before it durable.
+    pub async fn fdatasync(&self) -> Result<()> {
+        if let Some(f) = &self.faults {
+            f.before_sync(&self.path)?;
+        }
+        self.dma
+            .fdatasync()
+            .await
+            .map_err(|e| Error::from_io("syncing", &self.path, e.into()))
+    }
+
+    /// Reserves space up to `len` bytes (unwritten extents that read as zeros); the file size
+    /// grows to `len` if it was smaller.
+    pub async fn pre_allocate(&self, len: u64) -> Result<()> {
+        if let Some(f) = &self.faults {
+            f.before_allocate(&self.path)?;
+        }
+        let size = self.size().await?;
+        if size >= len {
+            return Ok(());
+        }
+        self.dma
+            .pre_allocate(len, false)
+            .await
+            .map_err(|e| Error::from_io("allocating", &self.path, e.into()))
+    }
+
+    /// Cuts (or extends with zeros) the file to `len` bytes.
+    pub async fn truncate(&self, len: u64) -> Result<()> {
+        self.dma
+            .truncate(len)
+            .await
+            .map_err(|e| Error::from_io("truncating", &self.path, e.into()))
+    }
+
+    pub async fn size(&self) -> Result<u64> {
+        self.dma
+            .file_size()
+            .await
+            .map_err(|e| Error::from_io("inspecting", &self.path, e.into()))
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.dma
+            .close()
+            .await
+            .map_err(|e| Error::from_io("closing", &self.path, e.into()))
+    }
+}
+
+/// Sleeps on the current executor's timer.
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await
+}
+
+/// Milliseconds since the Unix epoch (batch timestamps, age retention).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Refuses filesystems that cannot do `O_DIRECT` (tmpfs, ramfs) with a message that says what
+/// to change.
+pub fn check_direct_io_filesystem(dir: &Path) -> Result<()> {
+    let fs = filesystem_magic(dir)?;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    if fs == TMPFS_MAGIC || fs == RAMFS_MAGIC {
+        return Err(Error::InvalidArgument(format!(
+            "{} is on tmpfs/ramfs, which does not support O_DIRECT; \
+             put the data directory on a disk-backed filesystem (ext4, xfs)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The `f_type` of the filesystem holding `path`.
+pub fn filesystem_magic(path: &Path) -> Result<i64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("path {} has a NUL byte", path.display())))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-parameter that
+    // statfs fully initialises on success; we read it only then.
+    let (rc, st) = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        let rc = libc::statfs(c.as_ptr(), &mut st);
+        (rc, st)
+    };
+    if rc != 0 {
+        return Err(Error::from_io(
+            "inspecting filesystem of",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64)
+}
+
+/// Below this locked-memory limit glommio cannot build its io_uring rings at all (its own
+/// floor is 512 KiB).
+pub const MEMLOCK_BYTES_MIN: u64 = 1 << 20;
+
+/// Locked memory one executor would like: its registered I/O buffers plus ring memory. Below
+/// it glommio still works, with unregistered buffers (slower).
+pub fn memlock_bytes_wanted(executors: usize, io_memory_bytes: usize) -> u64 {
+    executors as u64 * (io_memory_bytes as u64 + (1 << 20))
+}
+
+/// Makes sure RLIMIT_MEMLOCK is usable: raises the soft limit towards `want_bytes` (up to the
+/// hard limit, or beyond it when the process may), and fails only below [`MEMLOCK_BYTES_MIN`],
+/// with a message that says exactly what to change. Returns the limit now in force.
+pub fn ensure_memlock(want_bytes: u64) -> std::result::Result<u64, String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the properly sized `lim` and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Err(format!(
+            "cannot read RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let want = want_bytes.max(MEMLOCK_BYTES_MIN);
+    if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur >= want {
+        return Ok(lim.rlim_cur);
+    }
+    // First try beyond the hard limit (allowed with CAP_SYS_RESOURCE), then up to it.
+    let attempts = [
+        libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want.max(lim.rlim_max),
+        },
+        libc::rlimit {
+            rlim_cur: want.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        },
+    ];
+    for attempt in attempts {
+        // SAFETY: setrlimit only reads the properly initialised `attempt`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &attempt) } == 0 {
+            lim = attempt;
+            break;
+        }
+    }
+    if lim.rlim_cur >= MEMLOCK_BYTES_MIN {
+        if lim.rlim_cur < want {
+            log::warn!(
+                "locked-memory limit is {} KiB, below the {} KiB wanted: I/O buffers will not be \
+                 registered with io_uring (slower). Raise it with `ulimit -l {}` or \
+                 LimitMEMLOCK= in the systemd unit",
+                lim.rlim_cur / 1024,
+                want / 1024,
+                want / 1024
+            );
+        }
+        return Ok(lim.rlim_cur);
+    }
+    Err(format!(
+        "locked-memory limit is {} KiB; corelog needs at least {} KiB for io_uring. \
+         Run `ulimit -l {}` (or set LimitMEMLOCK= in the systemd unit, or memlock in \
+         /etc/security/limits.conf) and start again",
+        lim.rlim_cur / 1024,
+        MEMLOCK_BYTES_MIN / 1024,
+        want / 1024
+    ))
+}

@@ -1,0 +1,1440 @@
+//! The log of one partition: ordered segments, the last one active, with group commit.
+//!
+//! # Durability contract
+//! With `fsync = always` (the default) an append resolves only after its batch was written with
+//! direct I/O **and** an `fdatasync` that started after that write completed has succeeded.
+//! Appends resolve in offset order. Readers only ever see batches that are durable (with
+//! `interval:MS`, that were written).
+//!
+//! # Write path (group commit)
+//! `append*` encodes the batch (CRC32C included) into a bounded in-memory queue and waits. One
+//! flusher task per log drains the queue: it copies up to `flush_bytes_max` of batches behind the
+//! active segment's partial tail block into one aligned DMA buffer, issues **one** write, then
+//! **one** `fdatasync`, then completes every waiter. The tail block (the last, partially filled
+//! 4 KiB block) is kept in memory and rewritten by the next flush; a rewrite carries identical
+//! bytes for everything already acknowledged, so a torn rewrite can only damage new, unacked
+//! bytes. Flushes never overlap, so two writes of one block are never in flight together.
+//!
+//! # Recovery (decision table)
+//! | what open finds                                   | what it does                           |
+//! |---------------------------------------------------|----------------------------------------|
+//! | `*.index` without its `*.store`, `*.tmp` files    | delete them                            |
+//! | sealed segment: batches from its last index entry  | trust it (cheap check: last batch only)|
+//! | are valid and end at the next segment's base       |                                        |
+//! | sealed segment: invalid batch or offset gap        | `Corrupt { segment, position }`        |
+//! | active segment: index entry disagrees with store   | drop entries back to one that agrees   |
+//! | active segment: invalid bytes after the last valid | cut there (torn tail of an unacked     |
+//! | batch                                              | flush), zero the rest of the block     |
+//! | a `truncate-after` marker                          | finish that truncation                 |
+//!
+//! Open reads each sealed segment's last index block and last batches, and the active
+//! segment's unindexed tail, so open time does not grow with the total log size.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+use crate::io::{self, BLOCK_BYTES, Disk, File, align_down, align_up};
+use crate::storage::config::{FsyncPolicy, LogConfig};
+use crate::storage::format::{self, Batch, BatchMeta};
+use crate::storage::index::{ENTRY_BYTES, INDEX_BLOCK_BYTES, Index, IndexEntry};
+use crate::storage::segment::{
+    self, INDEX_SUFFIX, STORE_SUFFIX, Scan, ScanStop, Segment, SegmentTail, parse_segment_name,
+    scan_store,
+};
+use crate::sync::{Event, OneshotSender, oneshot};
+use crate::types::Offset;
+
+/// Marks an unfinished `truncate_after`: it holds the first offset to remove.
+const TRUNCATE_MARKER: &str = "truncate-after";
+/// How many index entries open walks back before rebuilding the active index from scratch.
+const INDEX_BACKTRACK_MAX: usize = 8;
+/// Bytes per chunk handed out by [`LogReader`].
+const READER_CHUNK_BYTES: usize = 1 << 20;
+
+/// One record read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub offset: Offset,
+    pub value: Bytes,
+}
+
+/// A partition's log. A cheap handle (`Rc`): clone it into every task of the owning core.
+#[derive(Clone)]
+pub struct Log {
+    shared: Rc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    disk: Disk,
+    state: RefCell<State>,
+    /// Appends were queued, or close was requested.
+    work: Event,
+    /// Queue space was freed.
+    space: Event,
+    /// Durable data advanced, or the log closed or stopped.
+    committed: Event,
+    /// The flusher exited.
+    flusher_done: Event,
+    /// Serialises everything that writes files: flushes, rolls, truncation, retention, close.
+    io_lock: Semaphore,
+}
+
+struct State {
+    /// Oldest first; the last one is active. Never empty while open.
+    segments: Vec<Rc<Segment>>,
+    /// The active store's last partial block, `[align_down(end), end)`.
+    tail: Vec<u8>,
+    /// Store bytes of the active segment below this may hold garbage from a failed write; the
+    /// next write covers them with zeros.
+    dirty_until: u64,
+    /// The offset the next append gets.
+    next_offset: Offset,
+    /// Every offset below this is durable and readable.
+    durable: Offset,
+    queue: VecDeque<Pending>,
+    queue_bytes: usize,
+    /// Recent durable batches, oldest first, contiguous up to `durable`.
+    cache: VecDeque<Batch>,
+    cache_bytes: usize,
+    /// Interval fsync: written but not yet synced data exists since this instant.
+    unsynced_since: Option<Instant>,
+    last_sync: Instant,
+    stopped: Option<String>,
+    closing: bool,
+    closed: bool,
+    flusher_running: bool,
+}
+
+struct Pending {
+    batch: Bytes,
+    base: Offset,
+    next: Offset,
+    timestamp_ms: i64,
+    raft_index: u64,
+    done: OneshotSender<Result<Offset>>,
+}
+
+impl State {
+    fn active(&self) -> &Rc<Segment> {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn lowest(&self) -> Offset {
+        self.segments[0].base()
+    }
+
+    fn out_of_range(&self, offset: Offset) -> Error {
+        let lowest = self.lowest();
+        Error::OffsetOutOfRange {
+            offset,
+            lowest,
+            highest: (self.durable > lowest).then(|| Offset(self.durable.get() - 1)),
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        if let Some(reason) = &self.stopped {
+            return Err(Error::Stopped {
+                reason: reason.clone(),
+            });
+        }
+        if self.closing || self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn push_cache(&mut self, batch: Batch, max_bytes: usize) {
+        self.cache_bytes += batch.len();
+        self.cache.push_back(batch);
+        while self.cache_bytes > max_bytes {
+            match self.cache.pop_front() {
+                Some(b) => self.cache_bytes -= b.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+impl Log {
+    /// Opens (recovering) or creates the log in `dir`.
+    pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Log::open_with_disk(dir, config, Disk::new()).await
+    }
+
+    /// Like [`Log::open`] with a given [`Disk`] (tests inject faults this way).
+    pub async fn open_with_disk(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        disk: Disk,
+    ) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        disk.prepare_dir(&dir).await?;
+        let recovered = recover(&dir, &config, &disk).await?;
+        let durable = recovered.active_next;
+        let mut state = State {
+            segments: recovered.segments,
+            tail: recovered.tail,
+            dirty_until: 0,
+            next_offset: durable,
+            durable,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            unsynced_since: None,
+            last_sync: Instant::now(),
+            stopped: None,
+            closing: false,
+            closed: false,
+            flusher_running: true,
+        };
+        for batch in recovered.cache {
+            state.push_cache(batch, config.tail_cache_bytes_max);
+        }
+        let shared = Rc::new(Shared {
+            dir,
+            config,
+            disk,
+            state: RefCell::new(state),
+            work: Event::new(),
+            space: Event::new(),
+            committed: Event::new(),
+            flusher_done: Event::new(),
+            io_lock: Semaphore::new(1),
+        });
+        if let Some(cut) = recovered.truncate_marker {
+            let _permit = shared.lock().await?;
+            if cut < shared.state.borrow().durable {
+                shared.cut_to(cut).await?;
+            }
+            shared.clear_truncate_marker().await?;
+        }
+        glommio::spawn_local(flusher(shared.clone())).detach();
+        Ok(Log { shared })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    /// Appends one record; resolves with its offset once durable.
+    pub async fn append(&self, value: &[u8]) -> Result<Offset> {
+        self.append_batch(&[value]).await
+    }
+
+    /// Appends records as one batch; resolves with the first record's offset once durable.
+    pub async fn append_batch<V: AsRef<[u8]>>(&self, values: &[V]) -> Result<Offset> {
+        let meta = BatchMeta {
+            timestamp_ms: io::now_ms(),
+            term: 0,
+            raft_index: 0,
+        };
+        self.append_with_meta(values, meta).await
+    }
+
+    /// Appends records as one batch carrying the given header metadata (Raft term and index).
+    pub async fn append_with_meta<V: AsRef<[u8]>>(
+        &self,
+        values: &[V],
+        meta: BatchMeta,
+    ) -> Result<Offset> {
+        if values.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a batch needs at least one record".into(),
+            ));
+        }
+        let len = format::batch_len(values);
+        let count = values.len() as u64;
+        self.shared
+            .enqueue(len, meta, count, |base| {
+                format::encode_batch(base, values, meta)
+            })
+            .await
+    }
+
+    /// Appends a control batch (no records, no offset), e.g. a Raft membership entry. Resolves
+    /// with the offset the next record will get.
+    pub async fn append_control(&self, payload: &[u8], meta: BatchMeta) -> Result<Offset> {
+        let len = format::HEADER_BYTES + payload.len();
+        self.shared
+            .enqueue(len, meta, 0, |base| {
+                format::encode_control(base, payload, meta)
+            })
+            .await
+    }
+
+    /// The record at `offset`.
+    pub async fn read(&self, offset: Offset) -> Result<Record> {
+        let records = self.read_from(offset, 1).await?;
+        match records.into_iter().next() {
+            Some(r) if r.offset == offset => Ok(r),
+            _ => Err(self.shared.state.borrow().out_of_range(offset)),
+        }
+    }
+
+    /// Records from `offset` on, about `max_bytes` of them (whole batches; at least one record
+    /// when `offset` is below the end). Empty when `offset` is the next offset to be written.
+    pub async fn read_from(&self, offset: Offset, max_bytes: usize) -> Result<Vec<Record>> {
+        let batches = self.read_batches(offset, max_bytes).await?;
+        let mut out = Vec::new();
+        for batch in &batches {
+            for (o, value) in batch.records() {
+                if o >= offset {
+                    out.push(Record { offset: o, value });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Validated batches holding offsets from `offset` on (the first may start before it),
+    /// about `max_bytes` of them. Tail reads are served from memory.
+    pub async fn read_batches(&self, offset: Offset, max_bytes: usize) -> Result<Vec<Batch>> {
+        self.shared.read_batches(offset, max_bytes).await
+    }
+
+    /// Resolves once `offset` is readable (durable), or with `Closed`/`Stopped`.
+    pub async fn wait_for(&self, offset: Offset) -> Result<()> {
+        loop {
+            let seen = self.shared.committed.generation();
+            {
+                let st = self.shared.state.borrow();
+                if st.durable > offset {
+                    return Ok(());
+                }
+                if st.closed || st.closing {
+                    return Err(Error::Closed);
+                }
+                if let Some(reason) = &st.stopped {
+                    return Err(Error::Stopped {
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            self.shared.committed.wait(seen).await;
+        }
+    }
+
+    /// The oldest offset still held.
+    pub fn lowest_offset(&self) -> Offset {
+        self.shared.state.borrow().lowest()
+    }
+
+    /// The newest durable offset, `None` when the log holds no records.
+    pub fn highest_offset(&self) -> Option<Offset> {
+        let st = self.shared.state.borrow();
+        (st.durable > st.lowest()).then(|| Offset(st.durable.get() - 1))
+    }
+
+    /// The first offset that is not durable yet: the end of what readers can see.
+    pub fn durable_offset(&self) -> Offset {
+        self.shared.state.borrow().durable
+    }
+
+    /// Number of segments (sealed and active).
+    pub fn segment_count(&self) -> usize {
+        self.shared.state.borrow().segments.len()
+    }
+
+    /// Bytes of batches held, over all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.end())
+            .sum()
+    }
+
+    /// Removes whole sealed segments whose records are all below `lowest` (the active segment
+    /// is never removed).
+    pub async fn truncate(&self, lowest: Offset) -> Result<()> {
+        let _permit = self.shared.lock().await?;
+        loop {
+            let victim = {
+                let st = self.shared.state.borrow();
+                let first = &st.segments[0];
+                (st.segments.len() > 1 && first.next_offset() <= lowest).then(|| first.clone())
+            };
+            match victim {
+                Some(seg) => self.shared.remove_oldest(&seg)?,
+                None => break,
+            }
+        }
+        self.shared.disk.sync_dir(&self.shared.dir).await
+    }
+
+    /// Removes every record after `offset` (Raft conflict resolution): `offset` stays, the next
+    /// append gets `offset + 1`. The cut must fall at a batch boundary. Queued appends are made
+    /// durable first. The cut is durable when this returns, and is finished by the next open if
+    /// the process dies half-way.
+    pub async fn truncate_after(&self, offset: Offset) -> Result<()> {
+        let _permit = self.shared.lock().await?;
+        self.shared.flush_queued().await;
+        let cut = offset.plus(1);
+        {
+            let st = self.shared.state.borrow();
+            st.writable()?;
+            if cut < st.lowest() || cut > st.durable {
+                return Err(st.out_of_range(offset));
+            }
+            if cut == st.durable {
+                return Ok(());
+            }
+        }
+        self.shared.set_truncate_marker(cut).await?;
+        self.shared.cut_to(cut).await?;
+        self.shared.clear_truncate_marker().await
+    }
+
+    /// Applies size and age retention now; returns how many segments were removed.
+    pub async fn apply_retention(&self) -> Result<usize> {
+        let _permit = self.shared.lock().await?;
+        self.shared.apply_retention_locked().await
+    }
+
+    /// A stream of the raw bytes of every segment's store, oldest first (snapshots, transfer).
+    /// It covers the data durable when it was created.
+    pub fn reader(&self) -> LogReader {
+        let st = self.shared.state.borrow();
+        LogReader {
+            segments: st.segments.iter().map(|s| (s.clone(), s.end())).collect(),
+            current: 0,
+            position: 0,
+        }
+    }
+
+    /// Makes everything queued durable, writes the indexes out, and stops the flusher. Appends
+    /// and reads after this fail with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        {
+            let mut st = self.shared.state.borrow_mut();
+            if st.closed {
+                return Ok(());
+            }
+            st.closing = true;
+        }
+        self.shared.work.notify();
+        loop {
+            let seen = self.shared.flusher_done.generation();
+            if !self.shared.state.borrow().flusher_running {
+                break;
+            }
+            self.shared.flusher_done.wait(seen).await;
+        }
+        let _permit = self.shared.lock().await?;
+        let result = self.shared.persist_active_index(true).await;
+        let result = match (result, self.shared.sync_if_unsynced().await) {
+            (Ok(()), r) => r,
+            (Err(e), _) => Err(e),
+        };
+        self.shared.state.borrow_mut().closed = true;
+        self.shared.committed.notify();
+        result
+    }
+
+    /// Removes every segment and starts again, empty, at `initial_offset`.
+    pub async fn reset(&self) -> Result<()> {
+        let _permit = self.shared.lock().await?;
+        self.shared.flush_queued().await;
+        self.shared.state.borrow().writable()?;
+        let initial = self.shared.config.initial_offset;
+        self.shared.replace_all_segments(initial).await
+    }
+
+    /// Closes the log and deletes its directory.
+    pub async fn remove(&self) -> Result<()> {
+        self.close().await?;
+        std::fs::remove_dir_all(&self.shared.dir)
+            .map_err(|e| Error::from_io("removing", &self.shared.dir, e))
+    }
+}
+
+impl Shared {
+    async fn lock(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    async fn enqueue(
+        &self,
+        len: usize,
+        meta: BatchMeta,
+        count: u64,
+        encode: impl FnOnce(Offset) -> Bytes,
+    ) -> Result<Offset> {
+        let mut encode = Some(encode);
+        if len > self.config.batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                bytes: len,
+                max: self.config.batch_bytes_max,
+            });
+        }
+        let rx = loop {
+            let seen = self.space.generation();
+            if let Some(rx) = self.try_enqueue(len, meta, count, &mut encode)? {
+                break rx;
+            }
+            self.space.wait(seen).await;
+        };
+        self.work.notify();
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Queues the batch if the queue has room (an empty queue always has).
+    fn try_enqueue(
+        &self,
+        len: usize,
+        meta: BatchMeta,
+        count: u64,
+        encode: &mut Option<impl FnOnce(Offset) -> Bytes>,
+    ) -> Result<Option<crate::sync::OneshotReceiver<Result<Offset>>>> {
+        {
+            let mut st = self.state.borrow_mut();
+            st.writable()?;
+            if st.queue.is_empty() || st.queue_bytes + len <= self.config.queue_bytes_max {
+                let base = st.next_offset;
+                let next = base.plus(count);
+                let encode = encode.take().expect("encoded once");
+                let batch = encode(base);
+                debug_assert_eq!(batch.len(), len);
+                let (tx, rx) = oneshot();
+                st.next_offset = next;
+                st.queue_bytes += len;
+                st.queue.push_back(Pending {
+                    batch,
+                    base,
+                    next,
+                    timestamp_ms: meta.timestamp_ms,
+                    raft_index: meta.raft_index,
+                    done: tx,
+                });
+                return Ok(Some(rx));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes out everything queued, in group commits. The caller holds the io lock.
+    async fn flush_queued(&self) {
+        while !self.state.borrow().queue.is_empty() {
+            self.flush_once().await;
+        }
+    }
+
+    /// One group commit: takes up to `flush_bytes_max` of queued batches, makes them durable and
+    /// completes their appends in offset order. On failure, fails them and everything queued
+    /// behind them (their offsets were assigned after the failed ones).
+    async fn flush_once(&self) {
+        let taken: Vec<Pending> = {
+            let mut st = self.state.borrow_mut();
+            let mut bytes = 0usize;
+            let mut taken = Vec::new();
+            while let Some(p) = st.queue.front() {
+                if !taken.is_empty() && bytes + p.batch.len() > self.config.flush_bytes_max {
+                    break;
+                }
+                bytes += p.batch.len();
+                taken.push(st.queue.pop_front().expect("front exists"));
+            }
+            st.queue_bytes -= bytes;
+            taken
+        };
+        if taken.is_empty() {
+            return;
+        }
+        self.space.notify();
+        let mut durable_count = 0usize;
+        let result = self.write_pending(&taken, &mut durable_count).await;
+        let mut taken = taken.into_iter();
+        for p in taken.by_ref().take(durable_count) {
+            p.done.send(Ok(p.base));
+        }
+        if let Err(e) = result {
+            for p in taken {
+                p.done.send(Err(e.clone()));
+            }
+            let queued: Vec<Pending> = {
+                let mut st = self.state.borrow_mut();
+                st.queue_bytes = 0;
+                st.next_offset = st.durable;
+                st.queue.drain(..).collect()
+            };
+            for p in queued {
+                p.done.send(Err(e.clone()));
+            }
+            self.space.notify();
+            self.committed.notify();
+        }
+    }
+
+    /// Writes `batches` into the active segment, rolling it when full; counts how many are
+    /// durable in `durable_count`.
+    async fn write_pending(&self, batches: &[Pending], durable_count: &mut usize) -> Result<()> {
+        let mut i = 0;
+        while i < batches.len() {
+            let (fit, roll) = {
+                let st = self.state.borrow();
+                let seg = st.active();
+                let mut end = seg.end();
+                let index_len = seg.with_index(|ix| ix.len());
+                let mut j = i;
+                while j < batches.len() {
+                    let len = batches[j].batch.len() as u64;
+                    let index_bytes = ((index_len + j - i + 1) * ENTRY_BYTES) as u64;
+                    let too_big = end + len > self.config.segment_bytes_max
+                        || index_bytes > self.config.index_bytes_max;
+                    if too_big && (end > 0 || j > i) {
+                        break;
+                    }
+                    end += len;
+                    j += 1;
+                }
+                (j, j == i)
+            };
+            if roll {
+                self.roll().await?;
+                continue;
+            }
+            self.write_chunk(&batches[i..fit]).await?;
+            i = fit;
+            *durable_count = i;
+        }
+        Ok(())
+    }
+
+    /// One write (tail block + batches, zero-padded to the block size) and, with
+    /// `fsync = always`, one `fdatasync`; then publishes the batches.
+    async fn write_chunk(&self, chunk: &[Pending]) -> Result<()> {
+        let (store, start, buf, new_end, new_tail) = {
+            let mut st = self.state.borrow_mut();
+            st.writable()?;
+            let seg = st.active().clone();
+            let end = seg.end();
+            let start = align_down(end);
+            assert_eq!(st.tail.len() as u64, end - start, "tail block out of sync");
+            let payload: u64 = chunk.iter().map(|p| p.batch.len() as u64).sum();
+            let new_end = end + payload;
+            let write_end = align_up(new_end).max(st.dirty_until);
+            let mut buf = seg.store.alloc((write_end - start) as usize);
+            let bytes = buf.as_mut_slice();
+            bytes[..st.tail.len()].copy_from_slice(&st.tail);
+            let mut at = st.tail.len();
+            let mut expected = seg.next_offset();
+            for p in chunk {
+                // Check what goes to disk right before it goes (STYLE: both sides of the disk).
+                let header = format::decode_header(&p.batch).expect("queued batch has a header");
+                assert_eq!(header.base_offset, expected, "batches out of offset order");
+                assert_eq!(header.length as usize, p.batch.len());
+                debug_assert!(format::validate_batch(&p.batch).is_ok());
+                expected = p.next;
+                bytes[at..at + p.batch.len()].copy_from_slice(&p.batch);
+                at += p.batch.len();
+            }
+            let tail_from = (align_down(new_end) - start) as usize;
+            let new_tail = bytes[tail_from..(new_end - start) as usize].to_vec();
+            st.dirty_until = st.dirty_until.max(write_end);
+            (seg.store.clone(), start, buf, new_end, new_tail)
+        };
+        store.write_at(buf, start).await?;
+        self.sync_for_policy(&store).await?;
+        self.publish(chunk, new_end, new_tail);
+        self.write_full_index_blocks().await;
+        Ok(())
+    }
+
+    /// `fdatasync` as the policy says. A failed sync stops the partition for good: the kernel
+    /// may have dropped the dirty data, and retrying could report success for lost bytes.
+    async fn sync_for_policy(&self, store: &File) -> Result<()> {
+        match self.config.fsync {
+            FsyncPolicy::Always => self.sync_or_stop(store).await,
+            FsyncPolicy::Interval(every) => {
+                let due = {
+                    let mut st = self.state.borrow_mut();
+                    st.unsynced_since.get_or_insert_with(Instant::now);
+                    st.last_sync.elapsed() >= every
+                };
+                if due {
+                    self.sync_or_stop(store).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn sync_or_stop(&self, store: &File) -> Result<()> {
+        if let Err(e) = store.fdatasync().await {
+            let reason = format!("fdatasync failed: {e}");
+            log::error!(
+                "{}: {reason}; the partition stops taking writes",
+                self.dir.display()
+            );
+            self.state.borrow_mut().stopped = Some(reason.clone());
+            self.committed.notify();
+            return Err(Error::Stopped { reason });
+        }
+        let mut st = self.state.borrow_mut();
+        st.unsynced_since = None;
+        st.last_sync = Instant::now();
+        Ok(())
+    }
+
+    async fn sync_if_unsynced(&self) -> Result<()> {
+        let store = {
+            let st = self.state.borrow();
+            if st.unsynced_since.is_none() || st.stopped.is_some() {
+                return Ok(());
+            }
+            st.active().store.clone()
+        };
+        self.sync_or_stop(&store).await
+    }
+
+    /// Makes durable batches visible: segment end, index entries, cache, waiters.
+    fn publish(&self, chunk: &[Pending], new_end: u64, new_tail: Vec<u8>) {
+        let mut st = self.state.borrow_mut();
+        let seg = st.active().clone();
+        let mut position = seg.end();
+        seg.with_index(|index| {
+            for p in chunk {
+                let due = index
+                    .last()
+                    .is_none_or(|e| position - e.position >= self.config.index_interval_bytes);
+                if due {
+                    index.push(IndexEntry {
+                        offset: p.base,
+                        position,
+                        raft_index: p.raft_index,
+                    });
+                }
+                position += p.batch.len() as u64;
+            }
+        });
+        assert_eq!(position, new_end);
+        let last = chunk.last().expect("chunk is not empty");
+        seg.set_tail(new_end, last.next, last.timestamp_ms);
+        st.tail = new_tail;
+        if st.dirty_until <= align_up(new_end) {
+            st.dirty_until = 0;
+        }
+        st.durable = last.next;
+        for p in chunk {
+            let batch = Batch::parse(p.batch.clone()).expect("queued batch is valid");
+            st.push_cache(batch, self.config.tail_cache_bytes_max);
+        }
+        drop(st);
+        self.committed.notify();
+    }
+
+    /// Writes index blocks that filled up. The index is an accelerator: a failure is logged and
+    /// retried with the next block, never fails an append.
+    async fn write_full_index_blocks(&self) {
+        if let Err(e) = self.persist_active_index(false).await {
+            log::warn!(
+                "{}: index write failed (it is rebuilt on open): {e}",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Writes the active index's full blocks, and with `partial` also the last partial block,
+    /// then syncs it when `partial` (seal and close).
+    async fn persist_active_index(&self, partial: bool) -> Result<()> {
+        let (seg, blocks, tail) = {
+            let st = self.state.borrow();
+            let seg = st.active().clone();
+            let (blocks, tail) = seg.with_index(|ix| {
+                (
+                    ix.full_blocks_to_write(),
+                    if partial { ix.partial_block() } else { None },
+                )
+            });
+            (seg, blocks, tail)
+        };
+        for (block_no, block) in &blocks {
+            write_block(&seg.index_file, *block_no, block).await?;
+            seg.with_index(|ix| ix.mark_persisted(block_no + 1));
+        }
+        if let Some((block_no, block)) = &tail {
+            write_block(&seg.index_file, *block_no, block).await?;
+        }
+        if partial {
+            let bytes = seg.with_index(|ix| ix.file_bytes());
+            seg.index_file.truncate(bytes).await?;
+            seg.index_file.fdatasync().await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and opens a new one at the next offset.
+    async fn roll(&self) -> Result<()> {
+        let old = self.state.borrow().active().clone();
+        self.persist_active_index(true).await?;
+        self.sync_if_unsynced().await?;
+        // Give back the pre-allocated space; the size change is made durable by the sync.
+        old.store.truncate(align_up(old.end())).await?;
+        self.sync_or_stop(&old.store).await?;
+        let base = old.next_offset();
+        let new = create_segment(&self.disk, &self.dir, &self.config, base).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            old.set_sealed(true);
+            st.segments.push(Rc::new(new));
+            st.tail.clear();
+            st.dirty_until = 0;
+        }
+        if let Err(e) = self.apply_retention_locked().await {
+            log::warn!("{}: retention failed: {e}", self.dir.display());
+        }
+        Ok(())
+    }
+
+    async fn apply_retention_locked(&self) -> Result<usize> {
+        let (bytes_max, age_ms) = (self.config.retention_bytes, self.config.retention_ms);
+        if bytes_max.is_none() && age_ms.is_none() {
+            return Ok(0);
+        }
+        let now = io::now_ms();
+        let mut removed = 0;
+        loop {
+            let victim = {
+                let st = self.state.borrow();
+                let total: u64 = st.segments.iter().map(|s| s.end()).sum();
+                let first = st.segments[0].clone();
+                let too_big = bytes_max.is_some_and(|max| total > max);
+                let too_old = age_ms
+                    .is_some_and(|ms| first.newest_timestamp_ms() < now.saturating_sub(ms as i64));
+                (st.segments.len() > 1 && (too_big || too_old)).then_some(first)
+            };
+            match victim {
+                Some(seg) => {
+                    self.remove_oldest(&seg)?;
+                    removed += 1;
+                }
+                None => break,
+            }
+        }
+        if removed > 0 {
+            self.disk.sync_dir(&self.dir).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the oldest (sealed) segment: store first, so a crash leaves at worst an orphan
+    /// index, which open deletes.
+    fn remove_oldest(&self, seg: &Rc<Segment>) -> Result<()> {
+        {
+            let mut st = self.state.borrow_mut();
+            assert!(Rc::ptr_eq(&st.segments[0], seg) && st.segments.len() > 1);
+            st.segments.remove(0);
+        }
+        self.disk.remove_file(seg.store_path())?;
+        self.disk.remove_file(seg.index_path())
+    }
+
+    async fn read_batches(&self, offset: Offset, max_bytes: usize) -> Result<Vec<Batch>> {
+        let (candidates, durable) = {
+            let st = self.state.borrow();
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if offset < st.lowest() || offset > st.durable {
+                return Err(st.out_of_range(offset));
+            }
+            if offset == st.durable {
+                return Ok(Vec::new());
+            }
+            if st.cache.front().is_some_and(|b| b.base_offset() <= offset) {
+                return Ok(collect_from(st.cache.iter(), offset, max_bytes));
+            }
+            let first = st.segments.partition_point(|s| s.base() <= offset) - 1;
+            let candidates: Vec<(Rc<Segment>, u64)> = st.segments[first..]
+                .iter()
+                .map(|s| (s.clone(), s.end()))
+                .collect();
+            (candidates, st.durable)
+        };
+        for (seg, end) in candidates {
+            if seg.next_offset() <= offset && seg.is_sealed() {
+                continue;
+            }
+            let batches = seg
+                .read_batches(offset, max_bytes, end, self.config.index_interval_bytes)
+                .await?;
+            if !batches.is_empty() {
+                return Ok(batches);
+            }
+        }
+        // Every durable offset lives in some segment: not finding it means damage.
+        let st = self.state.borrow();
+        Err(Error::corrupt(
+            st.active().store_path(),
+            0,
+            format!("offset {offset} below the durable end {durable} was not found"),
+        ))
+    }
+
+    /// Cuts the log so that `cut` is the next offset: finds the batch ending at `cut`, zeroes
+    /// the store after it, drops later segments. The caller holds the io lock.
+    async fn cut_to(&self, cut: Offset) -> Result<()> {
+        let found = {
+            let st = self.state.borrow();
+            let n = st.segments.partition_point(|s| s.base() < cut);
+            (n > 0).then(|| (st.segments[n - 1].clone(), st.segments[n..].to_vec()))
+        };
+        let Some((seg, later)) = found else {
+            return self.replace_all_segments(cut).await;
+        };
+        seg.ensure_index(self.config.index_interval_bytes).await?;
+        let last = Offset(cut.get() - 1);
+        let from = seg.with_index(|ix| ix.lookup(last).copied());
+        let (pos, expected) = from.map_or((0, seg.base()), |e| (e.position, e.offset));
+        let scan = scan_store(&seg.store, pos, expected, seg.end(), 0).await?;
+        let holder = scan
+            .batches
+            .iter()
+            .find(|(_, h)| h.base_offset <= last && last < h.next_offset());
+        let Some((position, header)) = holder else {
+            return Err(Error::corrupt(
+                seg.store_path(),
+                pos,
+                format!("no batch holds offset {last}"),
+            ));
+        };
+        if header.next_offset() != cut {
+            return Err(Error::InvalidArgument(format!(
+                "truncate_after({last}) falls inside the batch {}..{}: cuts must fall at batch \
+                 boundaries",
+                header.base_offset,
+                header.next_offset()
+            )));
+        }
+        let cut_pos = position + header.length as u64;
+        let tail = self.cut_store(&seg, cut_pos).await?;
+        seg.with_index(|ix| ix.truncate_at_position(cut_pos));
+        let index_bytes = seg.with_index(|ix| ix.blocks_persisted() * INDEX_BLOCK_BYTES) as u64;
+        seg.index_file.truncate(index_bytes).await?;
+        seg.set_tail(cut_pos, cut, header.meta.timestamp_ms);
+        seg.set_sealed(false);
+        {
+            let mut st = self.state.borrow_mut();
+            let keep = st.segments.len() - later.len();
+            st.segments.truncate(keep);
+            st.tail = tail;
+            st.dirty_until = 0;
+            st.next_offset = cut;
+            st.durable = cut;
+            while st
+                .cache
+                .back()
+                .is_some_and(|b| b.base_offset() >= cut || b.next_offset() > cut)
+            {
+                let b = st.cache.pop_back().expect("back exists");
+                st.cache_bytes -= b.len();
+            }
+        }
+        for s in later.iter().rev() {
+            self.disk.remove_file(s.store_path())?;
+            self.disk.remove_file(s.index_path())?;
+        }
+        self.disk.sync_dir(&self.dir).await?;
+        self.committed.notify();
+        Ok(())
+    }
+
+    /// Makes `end` the store's logical end on disk: zeroes the rest of its block, cuts the file
+    /// after that block, re-reserves the segment's space and syncs. Returns the new tail block.
+    async fn cut_store(&self, seg: &Segment, end: u64) -> Result<Vec<u8>> {
+        let tail = cut_store_file(&seg.store, end, self.config.segment_bytes_max).await?;
+        if let Err(e) = seg.store.fdatasync().await {
+            let reason = format!("fdatasync failed while truncating: {e}");
+            self.state.borrow_mut().stopped = Some(reason.clone());
+            return Err(Error::Stopped { reason });
+        }
+        Ok(tail)
+    }
+
+    async fn replace_all_segments(&self, base: Offset) -> Result<()> {
+        let old: Vec<Rc<Segment>> = self.state.borrow().segments.clone();
+        let new = create_segment(&self.disk, &self.dir, &self.config, base).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            st.segments = vec![Rc::new(new)];
+            st.tail.clear();
+            st.dirty_until = 0;
+            st.next_offset = base;
+            st.durable = base;
+            st.cache.clear();
+            st.cache_bytes = 0;
+        }
+        for s in old.iter().filter(|s| s.base() != base) {
+            self.disk.remove_file(s.store_path())?;
+            self.disk.remove_file(s.index_path())?;
+        }
+        self.disk.sync_dir(&self.dir).await?;
+        self.committed.notify();
+        Ok(())
+    }
+
+    async fn set_truncate_marker(&self, cut: Offset) -> Result<()> {
+        let mut bytes = cut.get().to_le_bytes().to_vec();
+        bytes.extend(crc32c::crc32c(&bytes).to_le_bytes());
+        self.disk
+            .write_file_atomic(&self.dir.join(TRUNCATE_MARKER), &bytes)
+            .await
+    }
+
+    async fn clear_truncate_marker(&self) -> Result<()> {
+        self.disk.remove_file(&self.dir.join(TRUNCATE_MARKER))?;
+        self.disk.sync_dir(&self.dir).await
+    }
+}
+
+/// The flusher: one per log, runs group commits until the log closes.
+async fn flusher(shared: Rc<Shared>) {
+    let retention = shared.config.retention_bytes.is_some() || shared.config.retention_ms.is_some();
+    let retention_every = Duration::from_millis(shared.config.retention_check_ms);
+    let mut last_retention = Instant::now();
+    loop {
+        let seen = shared.work.generation();
+        let (has_work, closing, unsynced_since) = {
+            let st = shared.state.borrow();
+            (!st.queue.is_empty(), st.closing, st.unsynced_since)
+        };
+        if has_work {
+            if let Ok(_permit) = shared.lock().await {
+                shared.flush_once().await;
+            }
+            continue;
+        }
+        if closing {
+            break;
+        }
+        if retention && last_retention.elapsed() >= retention_every {
+            if let Ok(_permit) = shared.lock().await {
+                if let Err(e) = shared.apply_retention_locked().await {
+                    log::warn!("{}: retention failed: {e}", shared.dir.display());
+                }
+            }
+            last_retention = Instant::now();
+            continue;
+        }
+        // Sleep until work arrives, an interval fsync is due, or retention is due.
+        let mut wake_in: Option<Duration> = None;
+        if let (FsyncPolicy::Interval(every), Some(since)) = (shared.config.fsync, unsynced_since) {
+            let due = every.saturating_sub(since.elapsed());
+            if due.is_zero() {
+                if let Ok(_permit) = shared.lock().await {
+                    let _ = shared.sync_if_unsynced().await;
+                }
+                continue;
+            }
+            wake_in = Some(due);
+        }
+        if retention {
+            let due = retention_every.saturating_sub(last_retention.elapsed());
+            wake_in = Some(wake_in.map_or(due, |w| w.min(due)));
+        }
+        match wake_in {
+            Some(d) => {
+                futures_lite::future::or(shared.work.wait(seen), io::sleep(d)).await;
+            }
+            None => shared.work.wait(seen).await,
+        }
+    }
+    shared.state.borrow_mut().flusher_running = false;
+    shared.flusher_done.notify();
+}
+
+fn collect_from<'a>(
+    batches: impl Iterator<Item = &'a Batch>,
+    offset: Offset,
+    max_bytes: usize,
+) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for b in batches {
+        if b.next_offset() <= offset || b.record_count() == 0 {
+            continue;
+        }
+        out.push(b.clone());
+        bytes += b.len();
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    out
+}
+
+async fn write_block(file: &File, block_no: usize, block: &[u8]) -> Result<()> {
+    let mut buf = file.alloc(INDEX_BLOCK_BYTES);
+    buf.as_mut_slice().copy_from_slice(block);
+    file.write_at(buf, (block_no * INDEX_BLOCK_BYTES) as u64)
+        .await
+}
+
+/// Zeroes `store` after `end` within its block, cuts the file after that block and reserves
+/// `reserve_bytes` again (without syncing). Returns the bytes of the new tail block.
+async fn cut_store_file(store: &File, end: u64, reserve_bytes: u64) -> Result<Vec<u8>> {
+    let start = align_down(end);
+    let keep = (end - start) as usize;
+    let mut tail = Vec::new();
+    if keep > 0 {
+        let block = store.read_at(start, BLOCK_BYTES as usize).await?;
+        tail = block[..keep.min(block.len())].to_vec();
+        tail.resize(keep, 0);
+        let mut buf = store.alloc(BLOCK_BYTES as usize);
+        buf.as_mut_slice()[..keep].copy_from_slice(&tail);
+        store.write_at(buf, start).await?;
+    }
+    store.truncate(align_up(end)).await?;
+    store.pre_allocate(reserve_bytes).await?;
+    Ok(tail)
+}
+
+/// Creates a new, empty active segment and makes its directory entries durable.
+async fn create_segment(
+    disk: &Disk,
+    dir: &Path,
+    config: &LogConfig,
+    base: Offset,
+) -> Result<Segment> {
+    let store_path = segment::store_path(dir, base);
+    let index_path = segment::index_path(dir, base);
+    let created = async {
+        let store = disk.open_rw(&store_path).await?;
+        store.truncate(0).await?;
+        store.pre_allocate(config.segment_bytes_max).await?;
+        let index = disk.open_rw(&index_path).await?;
+        index.truncate(0).await?;
+        disk.sync_dir(dir).await?;
+        Ok::<_, Error>((store, index))
+    }
+    .await;
+    match created {
+        Ok((store, index)) => Ok(Segment::new(
+            dir,
+            base,
+            (store, index),
+            SegmentTail {
+                end: 0,
+                next_offset: base,
+                newest_timestamp_ms: i64::MIN,
+            },
+            Some(Index::new(base)),
+            false,
+        )),
+        Err(e) => {
+            let _ = disk.remove_file(&store_path);
+            let _ = disk.remove_file(&index_path);
+            Err(e)
+        }
+    }
+}
+
+/// What recovery hands to the log.
+struct Recovered {
+    segments: Vec<Rc<Segment>>,
+    tail: Vec<u8>,
+    active_next: Offset,
+    cache: Vec<Batch>,
+    truncate_marker: Option<Offset>,
+}
+
+async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovered> {
+    let truncate_marker = read_truncate_marker(dir)?;
+    let mut bases = Vec::new();
+    let mut index_only = Vec::new();
+    for path in disk.list_dir(dir)? {
+        if let Some(base) = parse_segment_name(&path, STORE_SUFFIX) {
+            bases.push(base);
+        } else if let Some(base) = parse_segment_name(&path, INDEX_SUFFIX) {
+            index_only.push((base, path));
+        } else if path.extension().is_some_and(|e| e == "tmp") {
+            disk.remove_file(&path)?;
+        }
+    }
+    bases.sort();
+    for (base, path) in index_only {
+        if bases.binary_search(&base).is_err() {
+            log::warn!("removing orphan index {}", path.display());
+            disk.remove_file(&path)?;
+        }
+    }
+    // An unfinished truncate_after: segments wholly past the cut go first (the cut itself is
+    // redone once the log is open).
+    if let Some(cut) = truncate_marker {
+        let keep_from = bases.partition_point(|b| *b < cut).max(1);
+        if bases.len() > keep_from || bases.first().is_some_and(|b| *b >= cut) {
+            let drop_from = if bases.first().is_some_and(|b| *b >= cut) {
+                0
+            } else {
+                keep_from
+            };
+            for base in bases.drain(drop_from..) {
+                disk.remove_file(&segment::store_path(dir, base))?;
+                disk.remove_file(&segment::index_path(dir, base))?;
+            }
+            disk.sync_dir(dir).await?;
+        }
+    }
+    if bases.is_empty() {
+        let base = truncate_marker.unwrap_or(config.initial_offset);
+        let seg = create_segment(disk, dir, config, base).await?;
+        return Ok(Recovered {
+            segments: vec![Rc::new(seg)],
+            tail: Vec::new(),
+            active_next: base,
+            cache: Vec::new(),
+            truncate_marker: None,
+        });
+    }
+    let mut segments = Vec::with_capacity(bases.len());
+    for pair in bases.windows(2) {
+        let seg = open_sealed(disk, dir, config, pair[0], pair[1]).await?;
+        segments.push(Rc::new(seg));
+    }
+    let last = *bases.last().expect("not empty");
+    let (active, tail, cache) = open_active(disk, dir, config, last).await?;
+    let active_next = active.next_offset();
+    segments.push(Rc::new(active));
+    Ok(Recovered {
+        segments,
+        tail,
+        active_next,
+        cache,
+        truncate_marker,
+    })
+}
+
+fn read_truncate_marker(dir: &Path) -> Result<Option<Offset>> {
+    let path = dir.join(TRUNCATE_MARKER);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::from_io("reading", &path, e)),
+    };
+    if bytes.len() != 12 || crc32c::crc32c(&bytes[..8]).to_le_bytes() != bytes[8..12] {
+        // Written atomically (rename), so a bad marker is damage, not a torn write.
+        return Err(Error::corrupt(
+            &path,
+            0,
+            "truncate marker fails its checksum",
+        ));
+    }
+    let cut = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    Ok(Some(Offset(cut)))
+}
+
+/// Opens a sealed segment with the cheap check: its last index entry's batch and everything
+/// after it must be valid and end exactly where the next segment begins.
+async fn open_sealed(
+    disk: &Disk,
+    dir: &Path,
+    config: &LogConfig,
+    base: Offset,
+    next_base: Offset,
+) -> Result<Segment> {
+    let (store, index_file) = Segment::open_files(disk, dir, base).await?;
+    let index_size = index_file.size().await?;
+    let last_entry = if index_size >= INDEX_BLOCK_BYTES as u64 {
+        let block_no = (index_size / INDEX_BLOCK_BYTES as u64 - 1) as usize;
+        let block = index_file
+            .read_at((block_no * INDEX_BLOCK_BYTES) as u64, INDEX_BLOCK_BYTES)
+            .await?;
+        crate::storage::index::last_entry_of_block(base, &block, block_no)
+    } else {
+        None
+    };
+    let (start, expected) = last_entry.map_or((0, base), |e| (e.position, e.offset));
+    let mut scan = scan_store(&store, start, expected, 0, 0).await?;
+    if start > 0 && scan_is_broken(&scan, next_base) {
+        // The index's last entry may be what is wrong: check from the start.
+        scan = scan_store(&store, 0, base, 0, 0).await?;
+    }
+    let path = segment::store_path(dir, base);
+    if let ScanStop::Invalid { position, detail } = &scan.stop {
+        return Err(Error::corrupt(&path, *position, detail.clone()));
+    }
+    if scan.next_offset != next_base {
+        return Err(Error::corrupt(
+            &path,
+            scan.end,
+            format!(
+                "sealed segment ends at offset {} but the next segment starts at {next_base}",
+                scan.next_offset
+            ),
+        ));
+    }
+    let newest = scan.newest_timestamp_ms.unwrap_or(i64::MIN);
+    let seg = Segment::new(
+        dir,
+        base,
+        (store, index_file),
+        SegmentTail {
+            end: scan.end,
+            next_offset: scan.next_offset,
+            newest_timestamp_ms: newest,
+        },
+        None,
+        true,
+    );
+    // Entries missing after the last one (e.g. a crash while sealing): rebuild now.
+    let missing = segment::build_index(base, &scan.batches, config.index_interval_bytes).len() > 1;
+    if last_entry.is_none() && scan.end > 0 || missing {
+        let index = seg.rebuild_index(config.index_interval_bytes).await?;
+        drop(index);
+    }
+    Ok(seg)
+}
+
+fn scan_is_broken(scan: &Scan, next_base: Offset) -> bool {
+    matches!(scan.stop, ScanStop::Invalid { .. }) || scan.next_offset != next_base
+}
+
+/// Opens the active segment: validates its index against the store, scans the unindexed tail,
+/// cuts a torn tail, and rebuilds the in-memory state the appender needs.
+async fn open_active(
+    disk: &Disk,
+    dir: &Path,
+    config: &LogConfig,
+    base: Offset,
+) -> Result<(Segment, Vec<u8>, Vec<Batch>)> {
+    let (store, index_file) = Segment::open_files(disk, dir, base).await?;
+    let index_size = index_file.size().await?;
+    let index_bytes = index_file.read_at(0, index_size as usize).await?;
+    let (mut index, damaged) = Index::decode(base, &index_bytes);
+    drop(index_bytes);
+    if damaged {
+        log::warn!(
+            "{}: damaged index blocks dropped; rebuilding from the store",
+            segment::index_path(dir, base).display()
+        );
+    }
+    // Walk back from the last entry until one agrees with the store.
+    let mut tries = 0;
+    let (start, expected) = loop {
+        let Some(e) = index.last().copied() else {
+            break (0, base);
+        };
+        if tries < INDEX_BACKTRACK_MAX && entry_matches(&store, &e).await? {
+            break (e.position, e.offset);
+        }
+        tries += 1;
+        let cut = if tries >= INDEX_BACKTRACK_MAX {
+            0
+        } else {
+            e.position
+        };
+        index.truncate_at_position(cut);
+    };
+    let scan = scan_store(&store, start, expected, 0, config.tail_cache_bytes_max).await?;
+    let path = segment::store_path(dir, base);
+    if let ScanStop::Invalid { position, detail } = &scan.stop {
+        log::warn!(
+            "{}: cutting torn tail at byte {position} ({detail}); offsets from {} on were never \
+             acknowledged",
+            path.display(),
+            scan.next_offset
+        );
+    }
+    // Index the scanned batches the index did not cover.
+    for (pos, header) in &scan.batches {
+        let due = index
+            .last()
+            .is_none_or(|e| *pos > e.position && pos - e.position >= config.index_interval_bytes);
+        if due {
+            index.push(IndexEntry {
+                offset: header.base_offset,
+                position: *pos,
+                raft_index: header.meta.raft_index,
+            });
+        }
+    }
+    // Whatever lies past the end (a torn flush, an old failed write) must never come back.
+    let tail = cut_store_file(&store, scan.end, config.segment_bytes_max).await?;
+    store.fdatasync().await?;
+    index_file
+        .truncate((index.blocks_persisted() * INDEX_BLOCK_BYTES) as u64)
+        .await?;
+    let (next, newest) = match scan.newest_timestamp_ms {
+        Some(ts) => (scan.next_offset, ts),
+        None => (expected, i64::MIN),
+    };
+    let seg = Segment::new(
+        dir,
+        base,
+        (store, index_file),
+        SegmentTail {
+            end: scan.end,
+            next_offset: next,
+            newest_timestamp_ms: newest,
+        },
+        Some(index),
+        false,
+    );
+    Ok((seg, tail, scan.tail))
+}
+
+async fn entry_matches(store: &File, e: &IndexEntry) -> Result<bool> {
+    let head = store.read_at(e.position, format::HEADER_BYTES).await?;
+    match format::decode_header(&head) {
+        Ok(h) if h.base_offset == e.offset => {
+            let data = store.read_at(e.position, h.length as usize).await?;
+            Ok(format::validate_batch(&data).is_ok())
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Streams the raw store bytes of every segment (see [`Log::reader`]).
+pub struct LogReader {
+    segments: Vec<(Rc<Segment>, u64)>,
+    current: usize,
+    position: u64,
+}
+
+impl LogReader {
+    /// The next chunk of bytes, `None` at the end. Chunks never span two segments.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        while let Some((seg, end)) = self.segments.get(self.current) {
+            if self.position >= *end {
+                self.current += 1;
+                self.position = 0;
+                continue;
+            }
+            let len = ((end - self.position) as usize).min(READER_CHUNK_BYTES);
+            let data = seg.store.read_at(self.position, len).await?;
+            if data.len() < len {
+                return Err(Error::corrupt(
+                    seg.store_path(),
+                    self.position + data.len() as u64,
+                    "store file is shorter than its data",
+                ));
+            }
+            self.position += len as u64;
+            return Ok(Some(Bytes::copy_from_slice(&data)));
+        }
+        Ok(None)
+    }
+}

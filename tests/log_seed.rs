@@ -1,0 +1,201 @@
+//! The seed's (proglog) log tests, ported: store/index behaviour is exercised through the log,
+//! plus the seed's log scenarios.
+
+mod common;
+
+use bytes::Bytes;
+use common::{run, test_dir};
+use corelog::storage::{Log, LogConfig};
+use corelog::{Error, Offset};
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 64 << 10,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn append_then_read_returns_the_record() {
+    let dir = test_dir("append-read");
+    run(|| async move {
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        let off = log.append(b"hello world").await.unwrap();
+        assert_eq!(off, Offset(0));
+        let rec = log.read(off).await.unwrap();
+        assert_eq!(rec.value, Bytes::from_static(b"hello world"));
+        assert_eq!(rec.offset, Offset(0));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn read_past_the_end_is_out_of_range() {
+    let dir = test_dir("out-of-range");
+    run(|| async move {
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        log.append(b"a").await.unwrap();
+        let err = log.read(Offset(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::OffsetOutOfRange {
+                    offset: Offset(1),
+                    lowest: Offset(0),
+                    highest: Some(Offset(0))
+                }
+            ),
+            "{err:?}"
+        );
+        let err = log.read(Offset(5)).await.unwrap_err();
+        assert!(matches!(err, Error::OffsetOutOfRange { .. }), "{err:?}");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reopen_continues_at_the_next_offset_with_every_record_readable() {
+    let dir = test_dir("reopen");
+    run(|| async move {
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        for i in 0..3000u32 {
+            let off = log.append(format!("record-{i}").as_bytes()).await.unwrap();
+            assert_eq!(off, Offset(i as u64));
+        }
+        assert!(log.segment_count() > 1, "segments should have rolled");
+        log.close().await.unwrap();
+
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        assert_eq!(log.lowest_offset(), Offset(0));
+        assert_eq!(log.highest_offset(), Some(Offset(2999)));
+        for i in (0..3000u64).step_by(7) {
+            let rec = log.read(Offset(i)).await.unwrap();
+            assert_eq!(rec.value, Bytes::from(format!("record-{i}")));
+        }
+        let off = log.append(b"after reopen").await.unwrap();
+        assert_eq!(off, Offset(3000));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn segments_roll_at_segment_bytes_max() {
+    let dir = test_dir("roll");
+    run(|| async move {
+        let cfg = small_segments();
+        let log = Log::open(&dir, cfg.clone()).await.unwrap();
+        let value = vec![7u8; 1000];
+        for _ in 0..200 {
+            log.append(&value).await.unwrap();
+        }
+        // 200 batches of 1060 bytes = 212,000 bytes in segments of at most 64 KiB.
+        assert_eq!(log.segment_count(), 4);
+        let stores: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "store"))
+            .collect();
+        assert_eq!(stores.len(), 4);
+        for e in &stores {
+            let name = e.file_name().into_string().unwrap();
+            assert_eq!(name.len(), 20 + ".store".len(), "{name}");
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reader_streams_every_segments_bytes() {
+    let dir = test_dir("reader");
+    run(|| async move {
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        for i in 0..500u32 {
+            log.append_batch(&[format!("a{i}"), format!("b{i}")])
+                .await
+                .unwrap();
+        }
+        let mut reader = log.reader();
+        let mut all = Vec::new();
+        while let Some(chunk) = reader.next_chunk().await.unwrap() {
+            all.extend_from_slice(&chunk);
+        }
+        // The bytes are the batches back to back: parse them all.
+        let mut bytes = Bytes::from(all);
+        let mut next = 0u64;
+        while !bytes.is_empty() {
+            let batch = corelog::storage::Batch::parse(bytes.clone()).unwrap();
+            assert_eq!(batch.base_offset(), Offset(next));
+            for (off, value) in batch.records() {
+                let i = off.get() / 2;
+                let want = if off.get() % 2 == 0 { "a" } else { "b" };
+                assert_eq!(value, Bytes::from(format!("{want}{i}")));
+            }
+            next = batch.next_offset().get();
+            bytes = bytes.slice(batch.len()..);
+        }
+        assert_eq!(next, 1000);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncate_removes_whole_segments_below_lowest() {
+    let dir = test_dir("truncate");
+    run(|| async move {
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        let value = vec![1u8; 1000];
+        for _ in 0..200 {
+            log.append(&value).await.unwrap();
+        }
+        let segments = log.segment_count();
+        log.truncate(Offset(100)).await.unwrap();
+        assert!(log.segment_count() < segments);
+        let lowest = log.lowest_offset();
+        assert!(
+            lowest > Offset(0) && lowest <= Offset(100),
+            "lowest {lowest}"
+        );
+        assert!(matches!(
+            log.read(Offset(0)).await,
+            Err(Error::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(log.read(Offset(100)).await.unwrap().value.len(), 1000);
+        log.close().await.unwrap();
+        // The removal is durable.
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        assert_eq!(log.lowest_offset(), lowest);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn initial_offset_sets_the_first_offset_of_a_new_log() {
+    let dir = test_dir("initial-offset");
+    run(|| async move {
+        let cfg = LogConfig {
+            initial_offset: Offset(1_000_000),
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, cfg).await.unwrap();
+        assert_eq!(log.highest_offset(), None);
+        assert_eq!(log.append(b"x").await.unwrap(), Offset(1_000_000));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reset_empties_the_log_and_remove_deletes_it() {
+    let dir = test_dir("reset-remove");
+    run(|| async move {
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        for _ in 0..100 {
+            log.append(&[3u8; 1000]).await.unwrap();
+        }
+        log.reset().await.unwrap();
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(log.highest_offset(), None);
+        assert_eq!(log.append(b"again").await.unwrap(), Offset(0));
+        log.remove().await.unwrap();
+        assert!(!dir.exists());
+    });
+}
