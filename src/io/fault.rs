@@ -21,6 +21,8 @@ pub struct Faults {
     disk_full: Cell<bool>,
     writes: Cell<u64>,
     syncs: Cell<u64>,
+    reads: Cell<u64>,
+    read_bytes: Cell<u64>,
 }
 
 impl Faults {
@@ -59,6 +61,16 @@ impl Faults {
         self.syncs.get()
     }
 
+    /// Reads that reached the disk.
+    pub fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+
+    /// Bytes asked for by reads that reached the disk.
+    pub fn read_bytes(&self) -> u64 {
+        self.read_bytes.get()
+    }
+
     pub(super) fn before_write(&self, path: &Path) -> Result<()> {
         if self.disk_full.get() {
             return Err(enospc("writing", path));
@@ -93,7 +105,7 @@ impl Faults {
         Ok(())
     }
 
-    pub(super) fn before_read(&self, path: &Path) -> Result<()> {
+    pub(super) fn before_read(&self, path: &Path, len: usize) -> Result<()> {
         if take(&self.read_errors) {
             return Err(Error::from_io(
                 "reading",
@@ -101,6 +113,8 @@ impl Faults {
                 io::Error::from_raw_os_error(libc::EIO),
             ));
         }
+        self.reads.set(self.reads.get() + 1);
+        self.read_bytes.set(self.read_bytes.get() + len as u64);
         Ok(())
     }
 }

@@ -260,7 +260,7 @@ impl File {
     /// Reads up to `len` bytes at `pos` (any alignment). Fewer bytes come back at end of file.
     pub async fn read_at(&self, pos: u64, len: usize) -> Result<ReadResult> {
         if let Some(f) = &self.faults {
-            f.before_read(&self.path)?;
+            f.before_read(&self.path, len)?;
         }
         self.dma
             .read_at(pos, len)

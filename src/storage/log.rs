@@ -143,16 +143,23 @@ impl State {
         }
     }
 
+    /// New appends are taken only while open and not stopped.
     fn writable(&self) -> Result<()> {
-        if let Some(reason) = &self.stopped {
-            return Err(Error::Stopped {
-                reason: reason.clone(),
-            });
-        }
+        self.not_stopped()?;
         if self.closing || self.closed {
             return Err(Error::Closed);
         }
         Ok(())
+    }
+
+    /// Queued appends are still written while closing, but never after a fatal error.
+    fn not_stopped(&self) -> Result<()> {
+        match &self.stopped {
+            Some(reason) => Err(Error::Stopped {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn push_cache(&mut self, batch: Batch, max_bytes: usize) {
@@ -218,7 +225,13 @@ impl Log {
         if let Some(cut) = recovered.truncate_marker {
             let _permit = shared.lock().await?;
             if cut < shared.state.borrow().durable {
-                shared.cut_to(cut).await?;
+                match shared.plan_cut(cut).await {
+                    Ok(plan) => shared.apply_cut(plan).await?,
+                    Err(Error::InvalidArgument(why)) => {
+                        log::warn!("{}: ignoring truncate marker: {why}", shared.dir.display())
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             shared.clear_truncate_marker().await?;
         }
@@ -400,8 +413,9 @@ impl Log {
                 return Ok(());
             }
         }
+        let plan = self.shared.plan_cut(cut).await?;
         self.shared.set_truncate_marker(cut).await?;
-        self.shared.cut_to(cut).await?;
+        self.shared.apply_cut(plan).await?;
         self.shared.clear_truncate_marker().await
     }
 
@@ -628,7 +642,7 @@ impl Shared {
     async fn write_chunk(&self, chunk: &[Pending]) -> Result<()> {
         let (store, start, buf, new_end, new_tail) = {
             let mut st = self.state.borrow_mut();
-            st.writable()?;
+            st.not_stopped()?;
             let seg = st.active().clone();
             let end = seg.end();
             let start = align_down(end);
@@ -894,16 +908,16 @@ impl Shared {
         ))
     }
 
-    /// Cuts the log so that `cut` is the next offset: finds the batch ending at `cut`, zeroes
-    /// the store after it, drops later segments. The caller holds the io lock.
-    async fn cut_to(&self, cut: Offset) -> Result<()> {
+    /// Finds where the log must be cut so that `cut` becomes the next offset, without changing
+    /// anything. The caller holds the io lock.
+    async fn plan_cut(&self, cut: Offset) -> Result<CutPlan> {
         let found = {
             let st = self.state.borrow();
             let n = st.segments.partition_point(|s| s.base() < cut);
             (n > 0).then(|| (st.segments[n - 1].clone(), st.segments[n..].to_vec()))
         };
         let Some((seg, later)) = found else {
-            return self.replace_all_segments(cut).await;
+            return Ok(CutPlan::Everything);
         };
         seg.ensure_index(self.config.index_interval_bytes).await?;
         let last = Offset(cut.get() - 1);
@@ -929,12 +943,34 @@ impl Shared {
                 header.next_offset()
             )));
         }
-        let cut_pos = position + header.length as u64;
+        Ok(CutPlan::Within {
+            seg,
+            later,
+            cut,
+            position: position + header.length as u64,
+            timestamp_ms: header.meta.timestamp_ms,
+        })
+    }
+
+    /// Carries out a cut: zeroes the store after the cut, drops later segments. The caller
+    /// holds the io lock.
+    async fn apply_cut(&self, plan: CutPlan) -> Result<()> {
+        let CutPlan::Within {
+            seg,
+            later,
+            cut,
+            position: cut_pos,
+            timestamp_ms,
+        } = plan
+        else {
+            let base = self.state.borrow().segments[0].base();
+            return self.replace_all_segments(base).await;
+        };
         let tail = self.cut_store(&seg, cut_pos).await?;
         seg.with_index(|ix| ix.truncate_at_position(cut_pos));
         let index_bytes = seg.with_index(|ix| ix.blocks_persisted() * INDEX_BLOCK_BYTES) as u64;
         seg.index_file.truncate(index_bytes).await?;
-        seg.set_tail(cut_pos, cut, header.meta.timestamp_ms);
+        seg.set_tail(cut_pos, cut, timestamp_ms);
         seg.set_sealed(false);
         {
             let mut st = self.state.borrow_mut();
@@ -1150,6 +1186,20 @@ async fn create_segment(
             Err(e)
         }
     }
+}
+
+/// Where a `truncate_after` cuts.
+enum CutPlan {
+    /// `cut` is at or below the lowest offset: nothing stays.
+    Everything,
+    /// Cut `seg` at byte `position` (the end of the batch ending at `cut`), drop `later`.
+    Within {
+        seg: Rc<Segment>,
+        later: Vec<Rc<Segment>>,
+        cut: Offset,
+        position: u64,
+        timestamp_ms: i64,
+    },
 }
 
 /// What recovery hands to the log.
