@@ -263,6 +263,15 @@ impl Batch {
         Ok(Batch { header, bytes })
     }
 
+    /// Wraps a batch this process encoded itself (the appender's queue): the header is decoded
+    /// but the CRC is not recomputed, which keeps the append path to one CRC per batch.
+    pub(crate) fn from_encoded(bytes: Bytes) -> Batch {
+        debug_assert!(validate_batch(&bytes).is_ok());
+        let header = decode_header(&bytes).expect("an encoded batch has a valid header");
+        assert_eq!(header.length as usize, bytes.len(), "encoded batch length");
+        Batch { header, bytes }
+    }
+
     pub fn header(&self) -> &Header {
         &self.header
     }

@@ -361,6 +361,11 @@ impl Log {
         self.shared.state.borrow().durable
     }
 
+    /// Bytes of appends queued and not yet durable (bounded by `queue_bytes_max`).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.state.borrow().queue_bytes
+    }
+
     /// Number of segments (sealed and active).
     pub fn segment_count(&self) -> usize {
         self.shared.state.borrow().segments.len()
@@ -753,7 +758,7 @@ impl Shared {
         }
         st.durable = last.next;
         for p in chunk {
-            let batch = Batch::parse(p.batch.clone()).expect("queued batch is valid");
+            let batch = Batch::from_encoded(p.batch.clone());
             st.push_cache(batch, self.config.tail_cache_bytes_max);
         }
         drop(st);
