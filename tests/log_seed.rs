@@ -105,6 +105,37 @@ fn segments_roll_at_segment_bytes_max() {
 }
 
 #[test]
+fn segments_roll_when_the_index_is_full() {
+    let dir = test_dir("roll-index");
+    run(|| async move {
+        // One index entry per batch, one 4 KiB block of 255 entries per segment.
+        let cfg = LogConfig {
+            index_bytes_max: 4096,
+            index_interval_bytes: 1,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, cfg.clone()).await.unwrap();
+        for i in 0..600u32 {
+            log.append(&i.to_le_bytes()).await.unwrap();
+        }
+        assert_eq!(log.segment_count(), 3, "255 + 255 + 90 batches");
+        log.close().await.unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|x| x == "index") {
+                assert!(std::fs::metadata(&path).unwrap().len() <= 4096, "{path:?}");
+            }
+        }
+        let log = Log::open(&dir, cfg).await.unwrap();
+        assert_eq!(
+            log.read(Offset(300)).await.unwrap().value,
+            Bytes::copy_from_slice(&300u32.to_le_bytes())
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn reader_streams_every_segments_bytes() {
     let dir = test_dir("reader");
     run(|| async move {

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::io::{self, BLOCK_BYTES, Disk, File, align_down, align_up};
 use crate::storage::config::{FsyncPolicy, LogConfig};
 use crate::storage::format::{self, Batch, BatchMeta};
-use crate::storage::index::{ENTRY_BYTES, INDEX_BLOCK_BYTES, Index, IndexEntry};
+use crate::storage::index::{ENTRIES_PER_BLOCK, INDEX_BLOCK_BYTES, Index, IndexEntry};
 use crate::storage::segment::{
     self, INDEX_SUFFIX, STORE_SUFFIX, Scan, ScanStop, Segment, SegmentTail, parse_segment_name,
     scan_store,
@@ -620,7 +620,10 @@ impl Shared {
                 let mut j = i;
                 while j < batches.len() {
                     let len = batches[j].batch.len() as u64;
-                    let index_bytes = ((index_len + j - i + 1) * ENTRY_BYTES) as u64;
+                    // Upper bound: every batch of the chunk may take an index entry.
+                    let entries = index_len + j - i + 1;
+                    let index_bytes =
+                        (entries.div_ceil(ENTRIES_PER_BLOCK) * INDEX_BLOCK_BYTES) as u64;
                     let too_big = end + len > self.config.segment_bytes_max
                         || index_bytes > self.config.index_bytes_max;
                     if too_big && (end > 0 || j > i) {
