@@ -65,6 +65,24 @@ pub struct Record {
     pub value: Bytes,
 }
 
+/// An append whose offsets are assigned; [`AppendTicket::durable`] waits for its ack.
+pub struct AppendTicket {
+    base: Offset,
+    done: crate::sync::OneshotReceiver<Result<Offset>>,
+}
+
+impl AppendTicket {
+    /// The offset the batch's first record got (valid only if the append succeeds).
+    pub fn base_offset(&self) -> Offset {
+        self.base
+    }
+
+    /// Resolves with the base offset once the batch is durable, or with why it failed.
+    pub async fn durable(self) -> Result<Offset> {
+        self.done.await.unwrap_or(Err(Error::Closed))
+    }
+}
+
 /// A partition's log. A cheap handle (`Rc`): clone it into every task of the owning core.
 #[derive(Clone)]
 pub struct Log {
@@ -268,6 +286,18 @@ impl Log {
         values: &[V],
         meta: BatchMeta,
     ) -> Result<Offset> {
+        self.submit_batch(values, meta).await?.durable().await
+    }
+
+    /// Queues records as one batch and returns as soon as their offsets are assigned (after
+    /// waiting for queue space); the ticket resolves once they are durable. Callers that must
+    /// keep an order between batches (a connection's pipelined produce requests) submit one
+    /// after the other and await the tickets concurrently.
+    pub async fn submit_batch<V: AsRef<[u8]>>(
+        &self,
+        values: &[V],
+        meta: BatchMeta,
+    ) -> Result<AppendTicket> {
         if values.is_empty() {
             return Err(Error::InvalidArgument(
                 "a batch needs at least one record".into(),
@@ -290,6 +320,8 @@ impl Log {
             .enqueue(len, meta, 0, |base| {
                 format::encode_control(base, payload, meta)
             })
+            .await?
+            .durable()
             .await
     }
 
@@ -501,7 +533,7 @@ impl Shared {
         meta: BatchMeta,
         count: u64,
         encode: impl FnOnce(Offset) -> Bytes,
-    ) -> Result<Offset> {
+    ) -> Result<AppendTicket> {
         let mut encode = Some(encode);
         if len > self.config.batch_bytes_max {
             return Err(Error::BatchTooLarge {
@@ -509,15 +541,15 @@ impl Shared {
                 max: self.config.batch_bytes_max,
             });
         }
-        let rx = loop {
+        let ticket = loop {
             let seen = self.space.generation();
-            if let Some(rx) = self.try_enqueue(len, meta, count, &mut encode)? {
-                break rx;
+            if let Some(ticket) = self.try_enqueue(len, meta, count, &mut encode)? {
+                break ticket;
             }
             self.space.wait(seen).await;
         };
         self.work.notify();
-        rx.await.unwrap_or(Err(Error::Closed))
+        Ok(ticket)
     }
 
     /// Queues the batch if the queue has room (an empty queue always has).
@@ -527,7 +559,7 @@ impl Shared {
         meta: BatchMeta,
         count: u64,
         encode: &mut Option<impl FnOnce(Offset) -> Bytes>,
-    ) -> Result<Option<crate::sync::OneshotReceiver<Result<Offset>>>> {
+    ) -> Result<Option<AppendTicket>> {
         {
             let mut st = self.state.borrow_mut();
             st.writable()?;
@@ -548,7 +580,7 @@ impl Shared {
                     raft_index: meta.raft_index,
                     done: tx,
                 });
-                return Ok(Some(rx));
+                return Ok(Some(AppendTicket { base, done: rx }));
             }
         }
         Ok(None)
