@@ -74,8 +74,14 @@ impl Error {
     /// Classifies an I/O error: ENOSPC and EDQUOT become `DiskFull`, everything else `Io`.
     pub fn from_io(op: &'static str, path: impl Into<PathBuf>, err: io::Error) -> Error {
         let path = path.into();
+        // glommio's errors keep the kind but can lose the errno on the way to io::Error.
+        let full = matches!(
+            err.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        );
         match err.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::DiskFull { op, path },
+            _ if full => Error::DiskFull { op, path },
             errno => Error::Io {
                 op,
                 path,

@@ -3,8 +3,16 @@
 //! Modules by subsystem: [`io`] is the only one that touches files and timers; [`storage`] is
 //! the segmented log; [`error`] and [`types`] are shared vocabulary.
 
+pub mod certs;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod error;
 pub mod io;
+pub mod net;
+pub mod node;
+pub mod shard;
+pub mod stats;
 pub mod storage;
 pub mod sync;
 pub mod types;

@@ -15,6 +15,7 @@
 //!   data directory on tmpfs is refused with a clear error.
 
 mod fault;
+pub mod net;
 
 pub use fault::Faults;
 
@@ -203,6 +204,11 @@ impl WriteBuf {
         self.0.as_bytes_mut()
     }
 
+    /// Zeroes the buffer from byte `at` to its end (the padding of the last block).
+    pub fn zero_from(&mut self, at: usize) {
+        self.0.as_bytes_mut()[at..].fill(0);
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -219,13 +225,20 @@ impl File {
 
     /// A zero-filled buffer of `len` bytes (a multiple of [`BLOCK_BYTES`]).
     pub fn alloc(&self, len: usize) -> WriteBuf {
+        let mut buf = self.alloc_unfilled(len);
+        buf.as_mut_slice().fill(0);
+        buf
+    }
+
+    /// A buffer of `len` bytes whose contents are unspecified: the caller must overwrite all of
+    /// it (see [`WriteBuf::zero_from`]). Saves zero-filling what is copied over anyway (the
+    /// appender's 1 MiB group commits).
+    pub fn alloc_unfilled(&self, len: usize) -> WriteBuf {
         assert!(
             len as u64 % BLOCK_BYTES == 0,
             "direct-I/O buffer length {len} is not block aligned"
         );
-        let mut buf = self.dma.alloc_dma_buffer(len);
-        buf.as_bytes_mut().fill(0);
-        WriteBuf(buf)
+        WriteBuf(self.dma.alloc_dma_buffer(len))
     }
 
     /// Writes the whole buffer at `pos`. A short write is an error: the caller treats the range
@@ -315,6 +328,61 @@ impl File {
             .close()
             .await
             .map_err(|e| Error::from_io("closing", &self.path, e.into()))
+    }
+}
+
+/// The CPUs this process may run on, ascending.
+pub fn online_cpus() -> Vec<usize> {
+    let mut cpus = Vec::new();
+    // SAFETY: `set` is a properly sized, zero-initialised cpu_set_t that sched_getaffinity
+    // fills for the calling thread; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                if libc::CPU_ISSET(cpu, &set) {
+                    cpus.push(cpu);
+                }
+            }
+        }
+    }
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cpus = (0..n).collect();
+    }
+    cpus
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards, so
+/// [`wait_for_termination_signal`] can take them synchronously. Call before starting
+/// executors.
+pub fn block_termination_signals() {
+    // SAFETY: `set` is initialised by sigemptyset before use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits (blocking the thread) for SIGINT or SIGTERM and returns its number. Requires
+/// [`block_termination_signals`] first.
+pub fn wait_for_termination_signal() -> i32 {
+    // SAFETY: `set` is initialised by sigemptyset before use; sigwait writes the signal number
+    // into `sig`, which we read only on success.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut sig: libc::c_int = 0;
+        loop {
+            if libc::sigwait(&set, &mut sig) == 0 {
+                return sig;
+            }
+        }
     }
 }
 

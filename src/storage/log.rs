@@ -58,6 +58,13 @@ const INDEX_BACKTRACK_MAX: usize = 8;
 /// Bytes per chunk handed out by [`LogReader`].
 const READER_CHUNK_BYTES: usize = 1 << 20;
 
+/// Told about every group commit (stats: the node records flush latency per partition).
+pub trait LogObserver {
+    /// One write (and, with `fsync = always`, its `fdatasync`) of `batches` batches and
+    /// `bytes` bytes took `duration`.
+    fn flushed(&self, bytes: u64, batches: usize, duration: Duration);
+}
+
 /// One record read back from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -104,6 +111,7 @@ struct Shared {
     flusher_done: Event,
     /// Serialises everything that writes files: flushes, rolls, truncation, retention, close.
     io_lock: Semaphore,
+    observer: RefCell<Option<Rc<dyn LogObserver>>>,
 }
 
 struct State {
@@ -114,6 +122,8 @@ struct State {
     /// Store bytes of the active segment below this may hold garbage from a failed write; the
     /// next write covers them with zeros.
     dirty_until: u64,
+    /// The active store is reserved (`fallocate`d) up to here.
+    reserved: u64,
     /// The offset the next append gets.
     next_offset: Offset,
     /// Every offset below this is durable and readable.
@@ -205,7 +215,9 @@ impl Log {
         disk: Disk,
     ) -> Result<Log> {
         config.validate()?;
-        let dir = dir.as_ref().to_path_buf();
+        // glommio's directory handles fail on relative paths (EBADF): anchor it here.
+        let dir = std::path::absolute(dir.as_ref())
+            .map_err(|e| Error::from_io("resolving", dir.as_ref(), e))?;
         disk.prepare_dir(&dir).await?;
         let recovered = recover(&dir, &config, &disk).await?;
         let durable = recovered.active_next;
@@ -213,6 +225,7 @@ impl Log {
             segments: recovered.segments,
             tail: recovered.tail,
             dirty_until: 0,
+            reserved: recovered.reserved,
             next_offset: durable,
             durable,
             queue: VecDeque::new(),
@@ -239,6 +252,7 @@ impl Log {
             committed: Event::new(),
             flusher_done: Event::new(),
             io_lock: Semaphore::new(1),
+            observer: RefCell::new(None),
         });
         if let Some(cut) = recovered.truncate_marker {
             let _permit = shared.lock().await?;
@@ -263,6 +277,11 @@ impl Log {
 
     pub fn config(&self) -> &LogConfig {
         &self.shared.config
+    }
+
+    /// Reports every group commit to `observer`.
+    pub fn set_observer(&self, observer: Rc<dyn LogObserver>) {
+        *self.shared.observer.borrow_mut() = Some(observer);
     }
 
     /// Appends one record; resolves with its offset once durable.
@@ -621,6 +640,10 @@ impl Shared {
         for p in taken.by_ref().take(durable_count) {
             p.done.send(Ok(p.base));
         }
+        // After the acks: index blocks are an accelerator and nobody should wait for them.
+        if durable_count > 0 {
+            self.write_full_index_blocks().await;
+        }
         if let Err(e) = result {
             for p in taken {
                 p.done.send(Err(e.clone()));
@@ -680,7 +703,7 @@ impl Shared {
     /// One write (tail block + batches, zero-padded to the block size) and, with
     /// `fsync = always`, one `fdatasync`; then publishes the batches.
     async fn write_chunk(&self, chunk: &[Pending]) -> Result<()> {
-        let (store, start, buf, new_end, new_tail) = {
+        let (store, start, buf, new_end, new_tail, reserve) = {
             let mut st = self.state.borrow_mut();
             st.not_stopped()?;
             let seg = st.active().clone();
@@ -690,7 +713,7 @@ impl Shared {
             let payload: u64 = chunk.iter().map(|p| p.batch.len() as u64).sum();
             let new_end = end + payload;
             let write_end = align_up(new_end).max(st.dirty_until);
-            let mut buf = seg.store.alloc((write_end - start) as usize);
+            let mut buf = seg.store.alloc_unfilled((write_end - start) as usize);
             let bytes = buf.as_mut_slice();
             bytes[..st.tail.len()].copy_from_slice(&st.tail);
             let mut at = st.tail.len();
@@ -707,13 +730,26 @@ impl Shared {
             }
             let tail_from = (align_down(new_end) - start) as usize;
             let new_tail = bytes[tail_from..(new_end - start) as usize].to_vec();
+            // The rest of the last block (and any range a failed write may have dirtied) must
+            // read as zeros: that is how recovery finds the end of the data.
+            buf.zero_from(at);
             st.dirty_until = st.dirty_until.max(write_end);
-            (seg.store.clone(), start, buf, new_end, new_tail)
+            let reserve = (write_end > st.reserved).then(|| self.config.reserve_for(write_end));
+            (seg.store.clone(), start, buf, new_end, new_tail, reserve)
         };
+        if let Some(reserve) = reserve {
+            store.pre_allocate(reserve).await?;
+            self.state.borrow_mut().reserved = reserve;
+        }
+        let started = Instant::now();
+        let bytes = buf.len() as u64;
         store.write_at(buf, start).await?;
         self.sync_for_policy(&store).await?;
+        let observer = self.observer.borrow().clone();
+        if let Some(observer) = observer {
+            observer.flushed(bytes, chunk.len(), started.elapsed());
+        }
         self.publish(chunk, new_end, new_tail);
-        self.write_full_index_blocks().await;
         Ok(())
     }
 
@@ -835,7 +871,7 @@ impl Shared {
         if partial {
             let bytes = seg.with_index(|ix| ix.file_bytes());
             seg.index_file.truncate(bytes).await?;
-            seg.index_file.fdatasync().await?;
+            self.sync_or_stop(&seg.index_file).await?;
         }
         Ok(())
     }
@@ -856,6 +892,7 @@ impl Shared {
             st.segments.push(Rc::new(new));
             st.tail.clear();
             st.dirty_until = 0;
+            st.reserved = self.config.reserve_for(0);
         }
         if let Err(e) = self.apply_retention_locked().await {
             log::warn!("{}: retention failed: {e}", self.dir.display());
@@ -1041,7 +1078,9 @@ impl Shared {
     /// Makes `end` the store's logical end on disk: zeroes the rest of its block, cuts the file
     /// after that block, re-reserves the segment's space and syncs. Returns the new tail block.
     async fn cut_store(&self, seg: &Segment, end: u64) -> Result<Vec<u8>> {
-        let tail = cut_store_file(&seg.store, end, self.config.segment_bytes_max).await?;
+        let reserve = self.config.reserve_for(end);
+        let tail = cut_store_file(&seg.store, end, reserve).await?;
+        self.state.borrow_mut().reserved = reserve;
         if let Err(e) = seg.store.fdatasync().await {
             let reason = format!("fdatasync failed while truncating: {e}");
             self.state.borrow_mut().stopped = Some(reason.clone());
@@ -1058,6 +1097,7 @@ impl Shared {
             st.segments = vec![Rc::new(new)];
             st.tail.clear();
             st.dirty_until = 0;
+            st.reserved = self.config.reserve_for(0);
             st.next_offset = base;
             st.durable = base;
             st.cache.clear();
@@ -1200,7 +1240,7 @@ async fn create_segment(
     let created = async {
         let store = disk.open_rw(&store_path).await?;
         store.truncate(0).await?;
-        store.pre_allocate(config.segment_bytes_max).await?;
+        store.pre_allocate(config.reserve_for(0)).await?;
         let index = disk.open_rw(&index_path).await?;
         index.truncate(0).await?;
         disk.sync_dir(dir).await?;
@@ -1246,6 +1286,7 @@ enum CutPlan {
 struct Recovered {
     segments: Vec<Rc<Segment>>,
     tail: Vec<u8>,
+    reserved: u64,
     active_next: Offset,
     cache: Vec<Batch>,
     truncate_marker: Option<Offset>,
@@ -1294,6 +1335,7 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
         return Ok(Recovered {
             segments: vec![Rc::new(seg)],
             tail: Vec::new(),
+            reserved: config.reserve_for(0),
             active_next: base,
             cache: Vec::new(),
             truncate_marker: None,
@@ -1305,12 +1347,13 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
         segments.push(Rc::new(seg));
     }
     let last = *bases.last().expect("not empty");
-    let (active, tail, cache) = open_active(disk, dir, config, last).await?;
+    let (active, tail, cache, reserved) = open_active(disk, dir, config, last).await?;
     let active_next = active.next_offset();
     segments.push(Rc::new(active));
     Ok(Recovered {
         segments,
         tail,
+        reserved,
         active_next,
         cache,
         truncate_marker,
@@ -1409,7 +1452,7 @@ async fn open_active(
     dir: &Path,
     config: &LogConfig,
     base: Offset,
-) -> Result<(Segment, Vec<u8>, Vec<Batch>)> {
+) -> Result<(Segment, Vec<u8>, Vec<Batch>, u64)> {
     let (store, index_file) = Segment::open_files(disk, dir, base).await?;
     let index_size = index_file.size().await?;
     let index_bytes = index_file.read_at(0, index_size as usize).await?;
@@ -1462,7 +1505,8 @@ async fn open_active(
         }
     }
     // Whatever lies past the end (a torn flush, an old failed write) must never come back.
-    let tail = cut_store_file(&store, scan.end, config.segment_bytes_max).await?;
+    let reserved = config.reserve_for(scan.end);
+    let tail = cut_store_file(&store, scan.end, reserved).await?;
     store.fdatasync().await?;
     index_file
         .truncate((index.blocks_persisted() * INDEX_BLOCK_BYTES) as u64)
@@ -1483,7 +1527,7 @@ async fn open_active(
         Some(index),
         false,
     );
-    Ok((seg, tail, scan.tail))
+    Ok((seg, tail, scan.tail, reserved))
 }
 
 async fn entry_matches(store: &File, e: &IndexEntry) -> Result<bool> {

@@ -17,4 +17,4 @@ pub mod segment;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use format::{Batch, BatchMeta};
-pub use log::{AppendTicket, Log, LogReader, Record};
+pub use log::{AppendTicket, Log, LogObserver, LogReader, Record};

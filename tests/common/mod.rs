@@ -23,12 +23,27 @@ where
     ex.run(f())
 }
 
-/// A fresh, empty directory for one test, under `target/tmp`.
+/// A fresh, empty directory for one test, under `target/tmp` (the same path every run, so
+/// runs do not pile up; test names are unique).
 pub fn test_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("corelog-tests")
-        .join(format!("{name}-{}", std::process::id()));
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
     dir
 }
+
+/// Removes a test's data directory when dropped, unless the test is failing (then the data is
+/// kept for the post-mortem). Test logs pre-allocate their segments, so leftovers add up.
+pub struct RemoveOnSuccess(pub PathBuf);
+
+impl Drop for RemoveOnSuccess {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub mod node;

@@ -1,0 +1,250 @@
+//! The node's configuration: `corelog serve` flags, validated once at start-up into a typed
+//! [`NodeConfig`] with documented defaults. Messages name the flag to change.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::storage::{FsyncPolicy, LogConfig};
+
+/// Default client/peer port.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7400";
+/// Default stats HTTP port.
+pub const STATS_LISTEN_DEFAULT: &str = "127.0.0.1:7401";
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./corelog-data";
+/// Connections a node accepts at once, over all cores.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Requests one connection may have in flight before the node stops reading from it.
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 1024;
+/// Partitions a node may host.
+pub const PARTITIONS_MAX: u32 = 4096;
+/// The largest frame the protocol admits.
+pub const FRAME_BYTES_LIMIT: u32 = 256 << 20;
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 16 << 20;
+
+/// `corelog serve` flags.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Data directory (partitions, TLS material, node metadata).
+    #[arg(long, default_value = DATA_DIR_DEFAULT)]
+    pub data_dir: PathBuf,
+    /// Address of the one TLS port (clients and peers).
+    #[arg(long, default_value = LISTEN_DEFAULT)]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP stats endpoint (/metrics, /stats, /health).
+    #[arg(long, default_value = STATS_LISTEN_DEFAULT)]
+    pub stats_listen: SocketAddr,
+    /// Number of cores to run on (the first N online CPUs). Default: all.
+    #[arg(long, conflicts_with = "cpuset")]
+    pub cores: Option<usize>,
+    /// Exact CPUs to run on, e.g. `0,1`.
+    #[arg(long, value_delimiter = ',')]
+    pub cpuset: Option<Vec<usize>>,
+    /// Partitions this node hosts; fixed at first start. Default: one per core.
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Directory with `ca.pem`, `NAME.pem`, `NAME-key.pem` (see `corelog certs`).
+    /// Default: a dev CA and certificates created under `<data-dir>/tls/`.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// Which certificate in the TLS directory is this node's.
+    #[arg(long, default_value = "node")]
+    pub tls_name: String,
+    /// ACL file (`subject, object, action` lines). Without one, any certificate of the cluster
+    /// CA may produce and consume; admin and replicate need a node certificate.
+    #[arg(long)]
+    pub acl: Option<PathBuf>,
+    /// Segment size at which a partition's log rolls.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub segment_bytes: u64,
+    /// Delete the oldest segments of a partition beyond this many bytes.
+    #[arg(long)]
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    #[arg(long)]
+    pub retention_ms: Option<u64>,
+    /// `always` (ack after fdatasync) or `interval:MS` (UNSAFE: ack after write).
+    #[arg(long, default_value = "always")]
+    pub fsync: FsyncPolicy,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, default_value_t = FRAME_BYTES_MAX_DEFAULT)]
+    pub frame_bytes_max: u32,
+    /// Connections accepted at once, over all cores.
+    #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    pub connections_max: usize,
+    /// This node's id in the cluster.
+    #[arg(long, default_value = "1")]
+    pub node_id: String,
+    /// TESTING ONLY: make the node misbehave so tools can prove they notice
+    /// (`drop-record:N` skips every Nth record served to readers, `corrupt-record:N` flips a
+    /// byte in it). Never use in production.
+    #[arg(long, hide = true)]
+    pub inject_fault: Option<ReadFault>,
+}
+
+/// A deliberate fault in what readers are served (see `--inject-fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFault {
+    /// Leave out every Nth record served.
+    DropRecord { every: u64 },
+    /// Flip a byte of every Nth record served.
+    CorruptRecord { every: u64 },
+}
+
+impl std::str::FromStr for ReadFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, n) = s
+            .split_once(':')
+            .ok_or_else(|| format!("bad fault {s:?}: expected drop-record:N or corrupt-record:N"))?;
+        let every: u64 = n
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("bad fault period {n:?}: expected a positive number"))?;
+        match kind {
+            "drop-record" => Ok(ReadFault::DropRecord { every }),
+            "corrupt-record" => Ok(ReadFault::CorruptRecord { every }),
+            _ => Err(format!(
+                "bad fault {kind:?}: expected drop-record or corrupt-record"
+            )),
+        }
+    }
+}
+
+/// How the node gets its TLS material.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// A directory laid out by `corelog certs`.
+    Dir { dir: PathBuf, name: String },
+    /// Dev certificates created (once) under `<data>/tls/`.
+    Dev { dir: PathBuf },
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub stats_listen: SocketAddr,
+    /// CPUs to pin one executor each to.
+    pub cpus: Vec<usize>,
+    /// Requested partition count; the stored count wins after the first start.
+    pub partitions: Option<u32>,
+    pub tls: TlsSource,
+    pub acl: Option<PathBuf>,
+    pub log: LogConfig,
+    pub frame_bytes_max: u32,
+    pub connections_max: usize,
+    pub in_flight_max: usize,
+    /// Testing only: a deliberate fault in what readers are served.
+    pub read_fault: Option<ReadFault>,
+}
+
+impl NodeConfig {
+    /// Validates `serve` flags against this host (`online_cpus`).
+    pub fn from_args(args: &ServeArgs, online_cpus: &[usize]) -> Result<NodeConfig, String> {
+        if online_cpus.is_empty() {
+            return Err("no online CPUs found".into());
+        }
+        let cpus = match (&args.cpuset, args.cores) {
+            (Some(set), _) => {
+                if set.is_empty() {
+                    return Err("--cpuset is empty".into());
+                }
+                for cpu in set {
+                    if !online_cpus.contains(cpu) {
+                        return Err(format!(
+                            "--cpuset: CPU {cpu} is not online (online: {online_cpus:?})"
+                        ));
+                    }
+                }
+                let mut set = set.clone();
+                set.sort_unstable();
+                set.dedup();
+                set
+            }
+            (None, Some(n)) => {
+                if n == 0 || n > online_cpus.len() {
+                    return Err(format!(
+                        "--cores {n}: must be between 1 and {} (online CPUs)",
+                        online_cpus.len()
+                    ));
+                }
+                online_cpus[..n].to_vec()
+            }
+            (None, None) => online_cpus.to_vec(),
+        };
+        if let Some(p) = args.partitions
+            && (p == 0 || p > PARTITIONS_MAX)
+        {
+            return Err(format!(
+                "--partitions {p}: must be between 1 and {PARTITIONS_MAX}"
+            ));
+        }
+        if args.frame_bytes_max < 1024 || args.frame_bytes_max > FRAME_BYTES_LIMIT {
+            return Err(format!(
+                "--frame-bytes-max {}: must be between 1024 and {FRAME_BYTES_LIMIT}",
+                args.frame_bytes_max
+            ));
+        }
+        if args.connections_max == 0 {
+            return Err("--connections-max must be at least 1".into());
+        }
+        if args.node_id.is_empty() || args.node_id.contains(char::is_whitespace) {
+            return Err(format!(
+                "--node-id {:?}: must be non-empty, without spaces",
+                args.node_id
+            ));
+        }
+        let log = LogConfig {
+            segment_bytes_max: args.segment_bytes,
+            retention_bytes: args.retention_bytes,
+            retention_ms: args.retention_ms,
+            fsync: args.fsync,
+            // A produce request is one frame; its batch must fit in the log's limit.
+            batch_bytes_max: (args.frame_bytes_max as usize)
+                .min(crate::storage::format::BATCH_BYTES_MAX),
+            queue_bytes_max: (64 << 20usize).max(args.frame_bytes_max as usize),
+            ..LogConfig::default()
+        };
+        log.validate().map_err(|e| match e {
+            crate::Error::InvalidArgument(msg) => format!(
+                "{}: check --segment-bytes / --retention-* / --frame-bytes-max",
+                msg.replace("segment_bytes_max", "--segment-bytes")
+            ),
+            other => other.to_string(),
+        })?;
+        let tls = match &args.tls_dir {
+            Some(dir) => TlsSource::Dir {
+                dir: dir.clone(),
+                name: args.tls_name.clone(),
+            },
+            None => TlsSource::Dev {
+                dir: std::path::absolute(args.data_dir.join("tls"))
+                    .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?,
+            },
+        };
+        let data_dir = std::path::absolute(&args.data_dir)
+            .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
+        Ok(NodeConfig {
+            node_id: args.node_id.clone(),
+            data_dir,
+            listen: args.listen,
+            stats_listen: args.stats_listen,
+            cpus,
+            partitions: args.partitions,
+            tls,
+            acl: args.acl.clone(),
+            log,
+            frame_bytes_max: args.frame_bytes_max,
+            connections_max: args.connections_max,
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            read_fault: args.inject_fault,
+        })
+    }
+}

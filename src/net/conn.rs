@@ -1,0 +1,634 @@
+//! One client connection on its owner core: TLS, then pipelined frames.
+//!
+//! The reader decodes frames in order and admits at most `in_flight_max` requests at once
+//! (a permit per request, returned once its response is written). A client that stops
+//! reading responses therefore stops being read from: buffered memory stays bounded by
+//! `in_flight_max` responses. Produce requests are *submitted* to the log in read order (their
+//! offsets are assigned before the next frame is read), so a connection's produces to one
+//! partition keep their order; their acks are awaited concurrently.
+//!
+//! Connection rules (docs/PROTOCOL.md): a frame over the size limit or a malformed length gets
+//! an error and the connection closes; an unknown kind or an invalid body gets BAD_REQUEST and
+//! the connection stays.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::{Semaphore, StaticPermit};
+
+use crate::net::acl::{Action, Object};
+use crate::net::errors;
+use crate::net::frame::{self, FrameDecoder, FrameError, Request, Response};
+use crate::net::preamble::ConnKind;
+use crate::net::tls::{Identity, peer_identity};
+use crate::proto::{
+    ConsumeRequest, ConsumeResponse, ErrorResponse, GetServersResponse, MetadataResponse,
+    ProduceRequest, ProduceResponse, Record as WireRecord, Server, SubscribeCancelResponse,
+    SubscribeEvent, SubscribeRequest,
+};
+use crate::shard::Shard;
+use crate::stats::Op;
+use crate::storage::{BatchMeta, Log, Record};
+use crate::sync::Event;
+use crate::types::{Offset, Partition};
+
+/// How long a TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Consume/subscribe responses are capped below the frame limit by this much headroom.
+const RESPONSE_OVERHEAD_BYTES: usize = 64 << 10;
+/// Default `max_bytes` of a consume or subscribe that gives 0.
+const CONSUME_BYTES_DEFAULT: usize = 1 << 20;
+/// Longest long-poll a consume may ask for.
+const CONSUME_WAIT_MS_MAX: u32 = 60_000;
+/// Subscriptions one connection may hold open.
+pub const SUBSCRIPTIONS_MAX: usize = 64;
+/// Credits a subscription may hold (events queued ahead of the client).
+const SUBSCRIBE_CREDITS_MAX: u32 = 1024;
+
+/// Serves a connection accepted on, or handed to, this core.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
+    let _ = stream.set_nodelay(true);
+    if shard.is_shutting_down() {
+        return;
+    }
+    let acceptor = futures_rustls::TlsAcceptor::from(shard.node.server_tls.clone());
+    let handshake =
+        futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+            crate::io::sleep(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS)).await;
+            None
+        })
+        .await;
+    let tls = match handshake {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            log::info!("TLS handshake failed: {e}");
+            shard.stats.record_error("tls_handshake");
+            return;
+        }
+        None => {
+            shard.stats.record_error("tls_handshake_timeout");
+            return;
+        }
+    };
+    let identity = match tls.get_ref().1.peer_certificates().map(peer_identity) {
+        Some(Ok(identity)) => identity,
+        _ => {
+            shard.stats.record_error("no_client_identity");
+            return;
+        }
+    };
+    let (reader, writer) = tls.split();
+    let conn = Rc::new(Connection {
+        shard: shard.clone(),
+        identity,
+        kind,
+        in_flight: Rc::new(Semaphore::new(shard.node.config.in_flight_max as u64)),
+        outbox: RefCell::new(VecDeque::new()),
+        outbox_ready: Event::new(),
+        closing: Cell::new(false),
+        finished: Cell::new(false),
+        subscriptions: RefCell::new(HashMap::new()),
+    });
+    shard.connections.set(shard.connections.get() + 1);
+    shard.stats.connection_opened();
+    let writer_task = glommio::spawn_local(write_loop(conn.clone(), writer));
+    if shard.connections.get() > shard.connections_max() {
+        shard.stats.record_error("connection_limit");
+        conn.send_error(
+            frame::CORRELATION_ID_CONNECTION,
+            errors::overloaded(format!(
+                "connection limit of {} reached on this core; retry later",
+                shard.connections_max()
+            )),
+            None,
+        );
+    } else {
+        conn.clone().read_loop(reader).await;
+    }
+    conn.finish().await;
+    let _ = writer_task.await;
+    shard.connections.set(shard.connections.get() - 1);
+    shard.stats.connection_closed();
+    shard.connection_closed.notify();
+}
+
+/// A response frame waiting to be written, with the permit it releases once written.
+struct Outgoing {
+    frame: Bytes,
+    _permit: Option<StaticPermit>,
+}
+
+struct Connection {
+    shard: Rc<Shard>,
+    identity: Identity,
+    kind: ConnKind,
+    in_flight: Rc<Semaphore>,
+    outbox: RefCell<VecDeque<Outgoing>>,
+    outbox_ready: Event,
+    /// No more reading; the writer ends once the outbox is empty and requests are done.
+    closing: Cell<bool>,
+    /// Every admitted request has answered: the writer may end once the outbox is empty.
+    finished: Cell<bool>,
+    subscriptions: RefCell<HashMap<u32, Rc<Subscription>>>,
+}
+
+struct Subscription {
+    credits: Cell<u32>,
+    changed: Event,
+    cancelled: Cell<bool>,
+}
+
+impl Connection {
+    async fn read_loop<R: AsyncRead + Unpin>(self: Rc<Self>, mut reader: R) {
+        let mut decoder = FrameDecoder::new(self.shard.node.config.frame_bytes_max as usize);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        let Ok(permit) = self.in_flight.clone().acquire_static_permit(1).await
+                        else {
+                            return;
+                        };
+                        if !self.clone().dispatch(frame, permit).await {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.shard.stats.record_error(frame_error_kind(&e));
+                        let fatal = e.is_fatal();
+                        self.send_error(e.correlation_id(), errors::from_frame_error(&e), None);
+                        if fatal {
+                            return;
+                        }
+                    }
+                }
+            }
+            let read =
+                futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+                    let seen = self.shard.shutdown.generation();
+                    if !self.shard.is_shutting_down() {
+                        self.shard.shutdown.wait(seen).await;
+                    }
+                    None
+                })
+                .await;
+            match read {
+                Some(Ok(0)) | Some(Err(_)) | None => return,
+                Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Handles one request. Produce submits inline (ordering); everything that waits runs in
+    /// its own task holding the request's permit. Returns false when the connection must
+    /// close (a request on the reserved correlation id 0).
+    async fn dispatch(self: Rc<Self>, frame: frame::Frame, permit: StaticPermit) -> bool {
+        let corr = frame.correlation_id;
+        if self.kind == ConnKind::Peer {
+            self.send_error(corr, errors::replication_not_enabled(), Some(permit));
+            return true;
+        }
+        let request = match frame::decode_request(&frame) {
+            Ok(r) => r,
+            Err(e) => {
+                self.shard.stats.record_error(frame_error_kind(&e));
+                self.send_error(
+                    e.correlation_id(),
+                    errors::from_frame_error(&e),
+                    Some(permit),
+                );
+                return !e.is_fatal();
+            }
+        };
+        match request {
+            Request::Produce(req) => self.produce(corr, req, permit).await,
+            Request::Consume(req) => {
+                glommio::spawn_local(self.consume(corr, req, permit)).detach();
+            }
+            Request::Subscribe(req) => self.subscribe(corr, req, permit),
+            Request::SubscribeCredit(credit) => {
+                drop(permit);
+                if let Some(sub) = self.subscriptions.borrow().get(&corr) {
+                    let credits = sub
+                        .credits
+                        .get()
+                        .saturating_add(credit.credits)
+                        .min(SUBSCRIBE_CREDITS_MAX);
+                    sub.credits.set(credits);
+                    sub.changed.notify();
+                }
+            }
+            Request::SubscribeCancel(_) => {
+                if let Some(sub) = self.subscriptions.borrow_mut().remove(&corr) {
+                    sub.cancelled.set(true);
+                    sub.changed.notify();
+                }
+                self.send(
+                    corr,
+                    Response::SubscribeCancel(SubscribeCancelResponse {}),
+                    Some(permit),
+                );
+            }
+            Request::Metadata(_) => {
+                glommio::spawn_local(self.metadata(corr, permit)).detach();
+            }
+            Request::GetServers(_) => self.get_servers(corr, permit),
+        }
+        true
+    }
+
+    /// Checks the ACL and that this core owns the partition; answers the request when not.
+    fn admit(
+        &self,
+        corr: u32,
+        partition: u32,
+        action: Action,
+        permit: &mut Option<StaticPermit>,
+    ) -> Option<Log> {
+        let p = Partition(partition);
+        let object = Object::Partition(partition);
+        if !self
+            .shard
+            .node
+            .policy
+            .allows(&self.identity, object, action)
+        {
+            self.shard.stats.record_error("unauthorized");
+            let err = errors::unauthorized(action.as_str(), &object.to_string());
+            self.send_error(corr, err, permit.take());
+            return None;
+        }
+        if partition >= self.shard.node.partitions {
+            self.shard.stats.record_error("unknown_partition");
+            self.send_error(corr, errors::unknown_partition(p), permit.take());
+            return None;
+        }
+        match self.shard.logs.get(&p) {
+            Some(log) => Some(log.clone()),
+            None => {
+                self.shard.stats.record_error("wrong_core");
+                let owner = self.shard.node.owner_core(p) as u32;
+                self.send_error(corr, errors::wrong_core(p, owner), permit.take());
+                None
+            }
+        }
+    }
+
+    async fn produce(self: Rc<Self>, corr: u32, req: ProduceRequest, permit: StaticPermit) {
+        let start = Instant::now();
+        let mut permit = Some(permit);
+        let Some(log) = self.admit(corr, req.partition, Action::Produce, &mut permit) else {
+            return;
+        };
+        let meta = BatchMeta {
+            timestamp_ms: crate::io::now_ms(),
+            term: 0,
+            raft_index: 0,
+        };
+        let bytes: u64 = req.records.iter().map(|r| r.len() as u64).sum();
+        let count = req.records.len() as u32;
+        let ticket = match log.submit_batch(&req.records, meta).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.storage_error(corr, &e, permit);
+                return;
+            }
+        };
+        let partition = Partition(req.partition);
+        glommio::spawn_local(async move {
+            match ticket.durable().await {
+                Ok(base) => {
+                    let stats = &self.shard.stats;
+                    stats.record_latency_since(Op::Produce, Some(partition), start);
+                    stats.record_in(partition, u64::from(count), bytes);
+                    let resp = ProduceResponse {
+                        base_offset: base.get(),
+                        record_count: count,
+                    };
+                    self.send(corr, Response::Produce(resp), permit);
+                }
+                Err(e) => self.storage_error(corr, &e, permit),
+            }
+        })
+        .detach();
+    }
+
+    async fn consume(self: Rc<Self>, corr: u32, req: ConsumeRequest, permit: StaticPermit) {
+        let start = Instant::now();
+        let mut permit = Some(permit);
+        let Some(log) = self.admit(corr, req.partition, Action::Consume, &mut permit) else {
+            return;
+        };
+        let max_bytes = self.response_bytes_max(req.max_bytes);
+        let offset = Offset(req.offset);
+        let wait_ms = req.max_wait_ms.min(CONSUME_WAIT_MS_MAX);
+        let mut records = log.read_from(offset, max_bytes).await;
+        if matches!(&records, Ok(r) if r.is_empty()) && wait_ms > 0 {
+            let stop_seen = self.shard.shutdown.generation();
+            let waited = futures_lite::future::or(
+                async { log.wait_for(offset).await.is_ok() },
+                async {
+                    // A shutdown answers long-polls now (empty) instead of after max_wait.
+                    let stop = async {
+                        if !self.shard.is_shutting_down() {
+                            self.shard.shutdown.wait(stop_seen).await;
+                        }
+                    };
+                    let timeout = crate::io::sleep(Duration::from_millis(u64::from(wait_ms)));
+                    futures_lite::future::or(stop, timeout).await;
+                    false
+                },
+            )
+            .await;
+            if waited {
+                records = log.read_from(offset, max_bytes).await;
+            }
+        }
+        match records {
+            Ok(mut records) => {
+                self.shard.apply_read_fault(&mut records);
+                let partition = Partition(req.partition);
+                let bytes: u64 = records.iter().map(|r| r.value.len() as u64).sum();
+                let stats = &self.shard.stats;
+                stats.record_out(partition, records.len() as u64, bytes);
+                stats.record_latency_since(Op::Consume, Some(partition), start);
+                let resp = ConsumeResponse {
+                    records: to_wire(records),
+                    high_watermark: log.durable_offset().get(),
+                    log_start_offset: log.lowest_offset().get(),
+                };
+                self.send(corr, Response::Consume(resp), permit);
+            }
+            Err(e) => self.storage_error(corr, &e, permit),
+        }
+    }
+
+    fn subscribe(self: &Rc<Self>, corr: u32, req: SubscribeRequest, permit: StaticPermit) {
+        let mut permit = Some(permit);
+        let Some(log) = self.admit(corr, req.partition, Action::Consume, &mut permit) else {
+            return;
+        };
+        // A subscription holds no request permit: its credits bound what it queues.
+        drop(permit);
+        if self.subscriptions.borrow().len() >= SUBSCRIPTIONS_MAX {
+            self.send_error(
+                corr,
+                errors::overloaded(format!(
+                    "at most {SUBSCRIPTIONS_MAX} subscriptions per connection"
+                )),
+                None,
+            );
+            return;
+        }
+        let sub = Rc::new(Subscription {
+            credits: Cell::new(req.credits.min(SUBSCRIBE_CREDITS_MAX)),
+            changed: Event::new(),
+            cancelled: Cell::new(false),
+        });
+        self.subscriptions.borrow_mut().insert(corr, sub.clone());
+        let conn = self.clone();
+        let max_bytes = self.response_bytes_max(req.max_bytes);
+        let partition = Partition(req.partition);
+        glommio::spawn_local(async move {
+            conn.run_subscription(corr, log, partition, Offset(req.offset), max_bytes, sub)
+                .await;
+            conn.subscriptions.borrow_mut().remove(&corr);
+        })
+        .detach();
+    }
+
+    async fn run_subscription(
+        &self,
+        corr: u32,
+        log: Log,
+        partition: Partition,
+        mut next: Offset,
+        max_bytes: usize,
+        sub: Rc<Subscription>,
+    ) {
+        loop {
+            // Wait for a credit.
+            loop {
+                let seen = sub.changed.generation();
+                let stop_seen = self.shard.shutdown.generation();
+                if sub.cancelled.get() || self.closing.get() || self.shard.is_shutting_down() {
+                    return;
+                }
+                if sub.credits.get() > 0 {
+                    break;
+                }
+                futures_lite::future::or(
+                    sub.changed.wait(seen),
+                    self.shard.shutdown.wait(stop_seen),
+                )
+                .await;
+            }
+            // Wait for data.
+            let mut records = loop {
+                match log.read_from(next, max_bytes).await {
+                    Ok(r) if r.is_empty() => {}
+                    Ok(r) => break r,
+                    Err(e) => {
+                        if !sub.cancelled.get() && !self.closing.get() {
+                            self.storage_error(corr, &e, None);
+                        }
+                        return;
+                    }
+                }
+                let seen = sub.changed.generation();
+                let stop_seen = self.shard.shutdown.generation();
+                if sub.cancelled.get() || self.closing.get() || self.shard.is_shutting_down() {
+                    return;
+                }
+                futures_lite::future::or(
+                    async {
+                        let _ = log.wait_for(next).await;
+                    },
+                    futures_lite::future::or(
+                        sub.changed.wait(seen),
+                        self.shard.shutdown.wait(stop_seen),
+                    ),
+                )
+                .await;
+            };
+            // Nothing may follow the answer to a cancel (docs/PROTOCOL.md).
+            if sub.cancelled.get() || self.closing.get() {
+                return;
+            }
+            let start = Instant::now();
+            next = records.last().map_or(next, |r| r.offset.plus(1));
+            self.shard.apply_read_fault(&mut records);
+            let bytes: u64 = records.iter().map(|r| r.value.len() as u64).sum();
+            self.shard
+                .stats
+                .record_out(partition, records.len() as u64, bytes);
+            sub.credits.set(sub.credits.get() - 1);
+            let event = SubscribeEvent {
+                records: to_wire(records),
+                high_watermark: log.durable_offset().get(),
+            };
+            self.send(corr, Response::SubscribeEvent(event), None);
+            self.shard
+                .stats
+                .record_latency_since(Op::Subscribe, Some(partition), start);
+        }
+    }
+
+    async fn metadata(self: Rc<Self>, corr: u32, permit: StaticPermit) {
+        let start = Instant::now();
+        let object = Object::Cluster;
+        if !self
+            .shard
+            .node
+            .policy
+            .allows(&self.identity, object, Action::Consume)
+        {
+            let err = errors::unauthorized(Action::Consume.as_str(), &object.to_string());
+            self.send_error(corr, err, Some(permit));
+            return;
+        }
+        let partitions = self.shard.all_partition_infos().await;
+        let resp = MetadataResponse {
+            node_id: self.shard.node.config.node_id.clone(),
+            cores: self.shard.node.cores as u32,
+            partitions,
+        };
+        self.send(corr, Response::Metadata(resp), Some(permit));
+        self.shard
+            .stats
+            .record_latency_since(Op::Metadata, None, start);
+    }
+
+    fn get_servers(&self, corr: u32, permit: StaticPermit) {
+        let start = Instant::now();
+        let node = &self.shard.node;
+        let resp = GetServersResponse {
+            servers: vec![Server {
+                id: node.config.node_id.clone(),
+                rpc_addr: node.listen.to_string(),
+                is_leader: true,
+                partitions_led: (0..node.partitions).collect(),
+            }],
+        };
+        self.send(corr, Response::GetServers(resp), Some(permit));
+        self.shard
+            .stats
+            .record_latency_since(Op::GetServers, None, start);
+    }
+
+    fn response_bytes_max(&self, asked: u32) -> usize {
+        let limit = (self.shard.node.config.frame_bytes_max as usize)
+            .saturating_sub(RESPONSE_OVERHEAD_BYTES)
+            .max(1024);
+        match asked {
+            0 => CONSUME_BYTES_DEFAULT.min(limit),
+            n => (n as usize).min(limit),
+        }
+    }
+
+    fn storage_error(&self, corr: u32, e: &crate::Error, permit: Option<StaticPermit>) {
+        self.shard.stats.record_error(storage_error_kind(e));
+        self.send_error(corr, errors::from_engine(e), permit);
+    }
+
+    fn send_error(&self, corr: u32, err: ErrorResponse, permit: Option<StaticPermit>) {
+        self.send(corr, Response::Error(err), permit);
+    }
+
+    fn send(&self, corr: u32, response: Response, permit: Option<StaticPermit>) {
+        let mut frame = BytesMut::with_capacity(response.frame_bytes());
+        response.encode(corr, &mut frame);
+        self.outbox.borrow_mut().push_back(Outgoing {
+            frame: frame.freeze(),
+            _permit: permit,
+        });
+        self.outbox_ready.notify();
+    }
+
+    /// Stops reading, ends subscriptions, and waits for every admitted request to answer.
+    async fn finish(&self) {
+        self.closing.set(true);
+        for sub in self.subscriptions.borrow().values() {
+            sub.cancelled.set(true);
+            sub.changed.notify();
+        }
+        // Every permit back means every request has queued its response and it was written.
+        let all = self.shard.node.config.in_flight_max as u64;
+        let _all_back = self.in_flight.acquire_permit(all).await;
+        self.finished.set(true);
+        self.outbox_ready.notify();
+    }
+}
+
+/// Writes queued responses, many per write, until the connection is finished.
+async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Connection>, mut writer: W) {
+    let mut buf = BytesMut::new();
+    loop {
+        let seen = conn.outbox_ready.generation();
+        let batch: Vec<Outgoing> = conn.outbox.borrow_mut().drain(..).collect();
+        if batch.is_empty() {
+            if conn.finished.get() {
+                break;
+            }
+            conn.outbox_ready.wait(seen).await;
+            continue;
+        }
+        buf.clear();
+        for out in &batch {
+            buf.extend_from_slice(&out.frame);
+        }
+        if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
+            // The peer is gone: drop what is queued (releasing permits) and stop.
+            conn.closing.set(true);
+            drop(batch);
+            conn.outbox.borrow_mut().clear();
+            break;
+        }
+        drop(batch);
+    }
+    let _ = writer.close().await;
+}
+
+fn to_wire(records: Vec<Record>) -> Vec<WireRecord> {
+    records
+        .into_iter()
+        .map(|r| WireRecord {
+            value: r.value,
+            offset: r.offset.get(),
+        })
+        .collect()
+}
+
+fn frame_error_kind(e: &FrameError) -> &'static str {
+    match e {
+        FrameError::TooLarge { .. } => "frame_too_large",
+        FrameError::Malformed { .. } => "malformed_frame",
+        FrameError::UnknownKind { .. } | FrameError::UnexpectedKind { .. } => "bad_frame_kind",
+        FrameError::BadBody { .. } => "bad_body",
+        FrameError::ReservedCorrelationId { .. } => "reserved_correlation_id",
+    }
+}
+
+fn storage_error_kind(e: &crate::Error) -> &'static str {
+    use crate::Error::*;
+    match e {
+        OffsetOutOfRange { .. } => "offset_out_of_range",
+        Corrupt { .. } => "corrupt",
+        DiskFull { .. } => "disk_full",
+        Io { .. } => "io",
+        Stopped { .. } => "partition_stopped",
+        BatchTooLarge { .. } => "batch_too_large",
+        InvalidArgument(_) => "invalid_argument",
+        Closed => "closed",
+    }
+}

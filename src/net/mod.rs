@@ -1,0 +1,10 @@
+//! The one TLS port: connection preamble, frame codec, TLS, authorization, connections and
+//! dispatch. Codecs (`preamble`, `frame`) are pure functions over byte slices.
+
+pub mod acl;
+pub mod conn;
+pub mod errors;
+pub mod frame;
+pub mod preamble;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,462 @@
+//! Starting and stopping a node: one glommio executor pinned to each configured CPU, each
+//! owning its partitions (`p % cores`), all listening on the one TLS port.
+//!
+//! Start-up order: host checks (locked memory, O_DIRECT on the data dir), the partition count
+//! (fixed at first start in `<data>/node.toml`), TLS material (dev certificates created under
+//! `<data>/tls/` when none are given), the ACL; then the ports are reserved on this thread (so
+//! port 0 resolves once for every core), and the cores start. `start` returns once every core
+//! has opened its partitions and listens, or with the first core's error.
+//!
+//! Data directory layout:
+//! ```text
+//! <data>/node.toml                 partition count (and node id), written at first start
+//! <data>/partitions/<p>/           one partition's log (see storage::log)
+//! <data>/tls/                      dev CA and certificates (when no --tls-dir is given)
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::config::{NodeConfig, TlsSource};
+use crate::net::acl::Policy;
+use crate::net::{server, tls};
+use crate::shard::{CoreMsg, MESH_CHANNEL_CAPACITY, NodeShared, Shard};
+use crate::stats::CoreStats;
+use crate::storage::Log;
+use crate::types::Partition;
+
+/// Registered I/O memory per executor.
+pub const IO_MEMORY_BYTES: usize = 2 << 20;
+/// How long a shutdown waits for open connections to finish their requests.
+pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// How often each core checks the shutdown flag.
+const SHUTDOWN_POLL_MS: u64 = 20;
+/// The node metadata file.
+pub const NODE_META_FILE: &str = "node.toml";
+
+/// A running node.
+pub struct NodeHandle {
+    pub listen: SocketAddr,
+    pub stats_listen: SocketAddr,
+    pub tls_dir: PathBuf,
+    pub partitions: u32,
+    shared: Arc<NodeShared>,
+    threads: Vec<ExecutorJoinHandle<Result<(), String>>>,
+}
+
+/// Starts a node's graceful shutdown from any thread (a signal handler thread).
+#[derive(Clone)]
+pub struct ShutdownTrigger(Arc<NodeShared>);
+
+impl ShutdownTrigger {
+    pub fn fire(&self) {
+        self.0.shutdown.store(true, Ordering::Relaxed);
+    }
+}
+
+impl NodeHandle {
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        ShutdownTrigger(self.shared.clone())
+    }
+
+    /// Starts a graceful shutdown: stop accepting, finish in-flight requests, flush, close.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for every core to stop; the first core's error, if any.
+    pub fn join(self) -> Result<(), String> {
+        let mut first_err = None;
+        for (core, t) in self.threads.into_iter().enumerate() {
+            let res = match t.join() {
+                Ok(r) => r,
+                Err(e) => Err(format!("core {core} failed: {e}")),
+            };
+            if let Err(e) = res {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Starts a node; returns once it serves on every core.
+pub fn start(config: NodeConfig) -> Result<NodeHandle, String> {
+    crate::io::ensure_memlock(crate::io::memlock_bytes_wanted(
+        config.cpus.len(),
+        IO_MEMORY_BYTES,
+    ))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    crate::io::check_direct_io_filesystem(&config.data_dir).map_err(|e| e.to_string())?;
+    let partitions = load_or_store_partitions(
+        &config.data_dir,
+        config.partitions,
+        config.cpus.len() as u32,
+        &config.node_id,
+    )?;
+    let (tls_dir, tls_name) = match &config.tls {
+        TlsSource::Dir { dir, name } => (dir.clone(), name.clone()),
+        TlsSource::Dev { dir } => {
+            let dev = crate::certs::ensure_dev_certs(dir).map_err(|e| e.to_string())?;
+            log::info!(
+                "dev TLS certificates in {} (CA: ca.pem; client: client.pem/client-key.pem){}",
+                dir.display(),
+                if dev.created { ", created now" } else { "" }
+            );
+            (dir.clone(), "node".to_string())
+        }
+    };
+    let server_tls = tls::server_config(&tls_dir, &tls_name).map_err(|e| e.to_string())?;
+    let policy = Policy::from_acl_file(config.acl.as_deref()).map_err(|e| e.to_string())?;
+    if config.acl.is_none() {
+        log::warn!(
+            "no --acl file: any certificate signed by the cluster CA may produce and consume; \
+             an ACL file is recommended"
+        );
+    }
+    // Reserve both ports here so port 0 resolves to one port that every core then shares.
+    let (listen_reservation, listen) = reserve_port(config.listen)?;
+    let (stats_reservation, stats_listen) = reserve_port(config.stats_listen)?;
+    let cores = config.cpus.len();
+    let shared = Arc::new(NodeShared {
+        config: config.clone(),
+        partitions,
+        cores,
+        server_tls,
+        policy,
+        shutdown: Default::default(),
+        ready: Default::default(),
+        listen,
+    });
+    let mesh: MeshBuilder<CoreMsg, Full> = MeshBuilder::full(cores, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = crossbeam::channel::bounded::<(usize, Result<(), String>)>(cores);
+    let mut threads = Vec::with_capacity(cores);
+    for (core, cpu) in config.cpus.iter().copied().enumerate() {
+        let core_shared = shared.clone();
+        let mesh = mesh.clone();
+        let ready_tx = ready_tx.clone();
+        let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("corelog-core-{core}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                run_core(core, core_shared, mesh, stats_listen, ready_tx).await
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                shared.shutdown.store(true, Ordering::Relaxed);
+                return Err(format!(
+                    "cannot start an executor on CPU {cpu}: {e} (is io_uring available? \
+                     check `sysctl kernel.io_uring_disabled`)"
+                ));
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut result = Ok(());
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((core, Err(e))) => {
+                result = Err(format!("core {core}: {e}"));
+                break;
+            }
+            Err(_) => {
+                result = Err("a core stopped during start-up".into());
+                break;
+            }
+        }
+    }
+    drop(listen_reservation);
+    drop(stats_reservation);
+    let handle = NodeHandle {
+        listen,
+        stats_listen,
+        tls_dir,
+        partitions,
+        shared: shared.clone(),
+        threads,
+    };
+    match result {
+        Ok(()) => {
+            shared.ready.store(true, Ordering::Relaxed);
+            Ok(handle)
+        }
+        Err(e) => {
+            handle.shutdown();
+            let _ = handle.join();
+            Err(e)
+        }
+    }
+}
+
+/// One core's life: join the mesh, open its partitions, listen, serve until shutdown, drain.
+async fn run_core(
+    core: usize,
+    shared: Arc<NodeShared>,
+    mesh: MeshBuilder<CoreMsg, Full>,
+    stats_listen: SocketAddr,
+    ready: crossbeam::channel::Sender<(usize, Result<(), String>)>,
+) -> Result<(), String> {
+    // Join the mesh first: every core gets here even if its start-up fails later, so no core
+    // waits forever for a peer.
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "cannot join the core mesh".to_string())?;
+    let stats = Rc::new(CoreStats::new(core));
+    let started = open_partitions(core, &shared, &stats).await;
+    let logs = match started {
+        Ok(logs) => logs,
+        Err(e) => {
+            let _ = ready.send((core, Err(e.clone())));
+            return Err(e);
+        }
+    };
+    let shard = Rc::new(Shard::new(core, shared.clone(), logs, stats.clone()));
+    shard.set_senders(senders);
+    for (_, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                handle_core_msg(&shard, msg);
+            }
+        })
+        .detach();
+    }
+    let listener = match TcpListener::bind(shared.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let msg = format!("cannot listen on {}: {e}", shared.listen);
+            let _ = ready.send((core, Err(msg.clone())));
+            return Err(msg);
+        }
+    };
+    crate::stats::spawn_stall_detector(stats.clone(), Default::default());
+    if core == 0 {
+        match TcpListener::bind(stats_listen) {
+            Ok(l) => {
+                let source = Rc::new(StatsSource {
+                    shard: shard.clone(),
+                });
+                glommio::spawn_local(crate::stats::serve_stats(l, source)).detach();
+            }
+            Err(e) => {
+                let msg = format!("cannot listen on {stats_listen} for stats: {e}");
+                let _ = ready.send((core, Err(msg.clone())));
+                return Err(msg);
+            }
+        }
+    }
+    let _ = ready.send((core, Ok(())));
+    {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while !shard.node.shutting_down() {
+                crate::io::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+            }
+            shard.begin_shutdown();
+        })
+        .detach();
+    }
+    server::accept_loop(shard.clone(), listener).await;
+    drain_connections(&shard).await;
+    let mut first_err = None;
+    for (p, log) in &shard.logs {
+        if let Err(e) = log.close().await {
+            log::error!("partition {p}: close failed: {e}");
+            first_err.get_or_insert(format!("partition {p}: {e}"));
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn open_partitions(
+    core: usize,
+    shared: &NodeShared,
+    stats: &Rc<CoreStats>,
+) -> Result<BTreeMap<Partition, Log>, String> {
+    let mut logs = BTreeMap::new();
+    for p in (0..shared.partitions).map(Partition) {
+        if shared.owner_core(p) != core {
+            continue;
+        }
+        let dir = partition_dir(&shared.config.data_dir, p);
+        let log = Log::open(&dir, shared.config.log.clone())
+            .await
+            .map_err(|e| format!("partition {p}: {e}"))?;
+        stats.add_partition(p);
+        log.set_observer(Rc::new(FlushStats {
+            stats: stats.clone(),
+            partition: p,
+        }));
+        logs.insert(p, log);
+    }
+    Ok(logs)
+}
+
+fn handle_core_msg(shard: &Rc<Shard>, msg: CoreMsg) {
+    match msg {
+        CoreMsg::Connection { socket, kind, .. } => {
+            let stream = socket.into_stream();
+            glommio::spawn_local(crate::net::conn::serve(shard.clone(), stream, kind)).detach();
+        }
+        CoreMsg::Stats { reply } => {
+            let _ = reply.send(shard.stats.snapshot());
+        }
+        CoreMsg::Partitions { reply } => {
+            let _ = reply.send(shard.local_partition_infos());
+        }
+    }
+}
+
+/// Waits for this core's connections to finish, up to [`SHUTDOWN_DRAIN_MS`].
+async fn drain_connections(shard: &Shard) {
+    let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
+    while shard.connections.get() > 0 {
+        let seen = shard.connection_closed.generation();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            log::warn!(
+                "core {}: {} connections still open after {SHUTDOWN_DRAIN_MS} ms; closing",
+                shard.core,
+                shard.connections.get()
+            );
+            return;
+        }
+        futures_lite::future::or(shard.connection_closed.wait(seen), crate::io::sleep(left)).await;
+    }
+}
+
+/// `<data>/partitions/<p>`.
+pub fn partition_dir(data_dir: &Path, p: Partition) -> PathBuf {
+    data_dir.join("partitions").join(p.0.to_string())
+}
+
+/// The partition count is fixed at first start: stored in `<data>/node.toml`, checked after.
+fn load_or_store_partitions(
+    data_dir: &Path,
+    requested: Option<u32>,
+    default: u32,
+    node_id: &str,
+) -> Result<u32, String> {
+    let path = data_dir.join(NODE_META_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored = parse_partitions(&text)
+                .ok_or_else(|| format!("{}: no valid `partitions = N` line", path.display()))?;
+            if let Some(r) = requested
+                && r != stored
+            {
+                return Err(format!(
+                    "{} was created with {stored} partitions; --partitions {r} differs (the \
+                     partition count is fixed at first start)",
+                    data_dir.display()
+                ));
+            }
+            Ok(stored)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let partitions = requested.unwrap_or(default);
+            let text = format!(
+                "# corelog node metadata, written at first start. Do not edit.\n\
+                 node_id = \"{node_id}\"\npartitions = {partitions}\n"
+            );
+            write_durably(&path, text.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(partitions)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn parse_partitions(text: &str) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "partitions")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+            .filter(|p| *p > 0)
+    })
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Binds (without listening) a SO_REUSEPORT socket to hold the port while the cores bind it.
+fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let reserve = || -> std::io::Result<(Socket, SocketAddr)> {
+        let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_port(true)?;
+        s.bind(&addr.into())?;
+        let local = s
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+        Ok((s, local))
+    };
+    reserve().map_err(|e| format!("cannot bind {addr}: {e}"))
+}
+
+/// Records each partition's group-commit latency as the `fsync` op.
+struct FlushStats {
+    stats: Rc<CoreStats>,
+    partition: Partition,
+}
+
+impl crate::storage::LogObserver for FlushStats {
+    fn flushed(&self, _bytes: u64, _batches: usize, duration: Duration) {
+        let micros = duration.as_micros().min(u64::MAX as u128) as u64;
+        self.stats
+            .record_latency(crate::stats::Op::Fsync, Some(self.partition), micros);
+    }
+}
+
+/// What the stats endpoint asks the node.
+struct StatsSource {
+    shard: Rc<Shard>,
+}
+
+impl crate::stats::StatsSource for StatsSource {
+    async fn gather(&self) -> Vec<crate::stats::CoreSnapshot> {
+        self.shard.all_snapshots().await
+    }
+
+    fn health(&self) -> crate::stats::Health {
+        let node = &self.shard.node;
+        if node.shutting_down() {
+            crate::stats::Health::not_ready("shutting down")
+        } else if !node.ready.load(Ordering::Relaxed) {
+            crate::stats::Health::not_ready("starting")
+        } else {
+            crate::stats::Health::ready()
+        }
+    }
+}

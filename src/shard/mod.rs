@@ -1,0 +1,218 @@
+//! What one core owns: the logs of its partitions, its stats, its connections, and the
+//! messages it exchanges with other cores.
+//!
+//! Partition `p` of a node with `C` cores is owned by core `p % C`. All of a partition's I/O
+//! happens on its owner core; other cores never touch its `Log`. Cross-core work (handing over
+//! a connection, gathering stats or partition offsets) goes over glommio's channel mesh as
+//! [`CoreMsg`]s, bounded.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use glommio::channels::channel_mesh::Senders;
+
+use crate::config::NodeConfig;
+use crate::io::net::HandoffSocket;
+use crate::net::acl::Policy;
+use crate::net::preamble::ConnKind;
+use crate::proto::PartitionInfo;
+use crate::stats::{CoreSnapshot, CoreStats};
+use crate::storage::Log;
+use crate::sync::Event;
+use crate::types::Partition;
+
+/// Capacity of each core-to-core channel.
+pub const MESH_CHANNEL_CAPACITY: usize = 256;
+
+/// A message from one core to another.
+pub enum CoreMsg {
+    /// A connection whose preamble named this core.
+    Connection {
+        socket: HandoffSocket,
+        kind: ConnKind,
+        peer: Option<std::net::SocketAddr>,
+    },
+    /// Send a stats snapshot back.
+    Stats {
+        reply: futures::channel::oneshot::Sender<CoreSnapshot>,
+    },
+    /// Send the offsets of this core's partitions back.
+    Partitions {
+        reply: futures::channel::oneshot::Sender<Vec<PartitionInfo>>,
+    },
+}
+
+/// Read-only facts shared by every core of the node.
+pub struct NodeShared {
+    pub config: NodeConfig,
+    /// The partition count, fixed at first start.
+    pub partitions: u32,
+    pub cores: usize,
+    pub server_tls: Arc<rustls::ServerConfig>,
+    pub policy: Policy,
+    /// Set by the signal handler (or a test) to start a graceful shutdown.
+    pub shutdown: AtomicBool,
+    /// Set once every core has started.
+    pub ready: AtomicBool,
+    /// The address the TLS port is bound to (the real port when configured as 0).
+    pub listen: std::net::SocketAddr,
+}
+
+impl NodeShared {
+    /// The core that owns partition `p`.
+    pub fn owner_core(&self, p: Partition) -> usize {
+        p.0 as usize % self.cores
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// The state one core owns. Lives in an `Rc` on that core's executor.
+pub struct Shard {
+    pub core: usize,
+    pub node: Arc<NodeShared>,
+    pub logs: BTreeMap<Partition, Log>,
+    pub stats: Rc<CoreStats>,
+    senders: RefCell<Option<Rc<Senders<CoreMsg>>>>,
+    /// Connections open on this core.
+    pub connections: Cell<usize>,
+    /// Fires when this core starts shutting down.
+    pub shutdown: Event,
+    shutting_down: Cell<bool>,
+    /// Fires when a connection on this core closes.
+    pub connection_closed: Event,
+    /// Records served so far (drives `--inject-fault`).
+    records_served: Cell<u64>,
+}
+
+impl Shard {
+    pub fn new(
+        core: usize,
+        node: Arc<NodeShared>,
+        logs: BTreeMap<Partition, Log>,
+        stats: Rc<CoreStats>,
+    ) -> Shard {
+        Shard {
+            core,
+            node,
+            logs,
+            stats,
+            senders: RefCell::new(None),
+            connections: Cell::new(0),
+            shutdown: Event::new(),
+            shutting_down: Cell::new(false),
+            connection_closed: Event::new(),
+            records_served: Cell::new(0),
+        }
+    }
+
+    /// Applies the testing-only `--inject-fault` to records about to be served.
+    pub fn apply_read_fault(&self, records: &mut Vec<crate::storage::Record>) {
+        use crate::config::ReadFault;
+        let Some(fault) = self.node.config.read_fault else {
+            return;
+        };
+        let mut kept = Vec::with_capacity(records.len());
+        for mut r in records.drain(..) {
+            let n = self.records_served.get() + 1;
+            self.records_served.set(n);
+            match fault {
+                ReadFault::DropRecord { every } if n % every == 0 => continue,
+                ReadFault::CorruptRecord { every } if n % every == 0 && !r.value.is_empty() => {
+                    let mut v = r.value.to_vec();
+                    v[0] ^= 0x5A;
+                    r.value = v.into();
+                }
+                _ => {}
+            }
+            kept.push(r);
+        }
+        *records = kept;
+    }
+
+    pub fn set_senders(&self, senders: Senders<CoreMsg>) {
+        *self.senders.borrow_mut() = Some(Rc::new(senders));
+    }
+
+    /// Connections one core may hold.
+    pub fn connections_max(&self) -> usize {
+        (self.node.config.connections_max / self.node.cores).max(1)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    pub fn begin_shutdown(&self) {
+        if !self.shutting_down.replace(true) {
+            self.shutdown.notify();
+        }
+    }
+
+    /// Sends `msg` to core `to` (never this core).
+    pub async fn send_to(&self, to: usize, msg: CoreMsg) -> Result<(), String> {
+        assert_ne!(to, self.core, "a core does not message itself");
+        let Some(senders) = self.senders.borrow().clone() else {
+            return Err("core mesh not connected yet".into());
+        };
+        senders
+            .send_to(to, msg)
+            .await
+            .map_err(|_| format!("core {to} is not reachable"))
+    }
+
+    /// This core's partitions with their offsets.
+    pub fn local_partition_infos(&self) -> Vec<PartitionInfo> {
+        self.logs
+            .iter()
+            .map(|(p, log)| PartitionInfo {
+                partition: p.0,
+                owner_core: self.core as u32,
+                leader_id: self.node.config.node_id.clone(),
+                log_start_offset: log.lowest_offset().get(),
+                high_watermark: log.durable_offset().get(),
+            })
+            .collect()
+    }
+
+    /// Every partition of the node with its offsets, asking the other cores.
+    pub async fn all_partition_infos(&self) -> Vec<PartitionInfo> {
+        let mut infos = self.local_partition_infos();
+        for core in (0..self.node.cores).filter(|c| *c != self.core) {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            if self
+                .send_to(core, CoreMsg::Partitions { reply: tx })
+                .await
+                .is_ok()
+                && let Ok(more) = rx.await
+            {
+                infos.extend(more);
+            }
+        }
+        infos.sort_by_key(|i| i.partition);
+        infos
+    }
+
+    /// Stats snapshots of every core, this one included.
+    pub async fn all_snapshots(&self) -> Vec<CoreSnapshot> {
+        let mut snaps = vec![self.stats.snapshot()];
+        for core in (0..self.node.cores).filter(|c| *c != self.core) {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            if self
+                .send_to(core, CoreMsg::Stats { reply: tx })
+                .await
+                .is_ok()
+                && let Ok(snap) = rx.await
+            {
+                snaps.push(snap);
+            }
+        }
+        snaps.sort_by_key(|s| s.core);
+        snaps
+    }
+}

@@ -1,0 +1,285 @@
+//! [`render_json`]: the `/stats` document, for people and scripts.
+//!
+//! Shape (every latency in microseconds; every op of [`Op::ALL`] is present, in that order,
+//! recorded or not, so scripts can rely on the keys):
+//!
+//! ```text
+//! {
+//!   "latency_unit": "us",
+//!   "ops": {
+//!     "produce": {
+//!       "merged":     {"count", "p50", "p90", "p99", "p999", "p9999", "max", "mean"},
+//!       "partitions": {"0": {same keys}, "1": {…}}
+//!     },
+//!     "consume": {…}, …
+//!   },
+//!   "partitions":  {"0": {"bytes_in", "records_in", "bytes_out", "records_out"}, …},
+//!   "totals":      {"bytes_in", "records_in", "bytes_out", "records_out"},
+//!   "errors":      {"<kind>": count, …},
+//!   "connections": {"opened", "closed", "open"},
+//!   "bad_preambles": n,
+//!   "reactor":     {"stalls", "stall_threshold_us", "lateness": {latency keys}},
+//!   "cores": [
+//!     {"core", "partitions": [..], "ops": {"produce": {latency keys}, …}, "errors",
+//!      "connections", "bad_preambles", "reactor"}
+//!   ]
+//! }
+//! ```
+//!
+//! Percentiles are hdrhistogram's: the highest value equivalent (within 0.1%) to the value at
+//! that rank. An op never recorded shows `count` 0 and zeros everywhere.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use super::core_stats::{ConnectionCounters, PartitionCounters, ReactorStats};
+use super::node_stats::{CoreView, NodeStats, OpLatency};
+use super::op::Op;
+
+/// The `/stats` document for `stats`, pretty-printed.
+pub fn render_json(stats: &NodeStats) -> String {
+    let doc = Document {
+        latency_unit: "us",
+        ops: OpMap(
+            stats
+                .ops
+                .iter()
+                .map(|(op, latency)| (*op, op_json(latency)))
+                .collect(),
+        ),
+        partitions: stats.partitions.iter().map(|(p, c)| (p.0, *c)).collect(),
+        totals: stats.totals,
+        errors: &stats.errors,
+        connections: connections_json(&stats.connections),
+        bad_preambles: stats.bad_preambles,
+        reactor: reactor_json(&stats.reactor),
+        cores: stats.cores.iter().map(core_json).collect(),
+    };
+    serde_json::to_string_pretty(&doc).expect("the stats document has only string map keys")
+}
+
+/// The latency summary of one histogram, in microseconds.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        LatencySummary {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+            // Tenths of a microsecond are already below the histogram's precision.
+            mean: (h.mean() * 10.0).round() / 10.0,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Document<'a> {
+    latency_unit: &'static str,
+    ops: OpMap<OpJson>,
+    partitions: BTreeMap<u32, PartitionCounters>,
+    totals: PartitionCounters,
+    errors: &'a BTreeMap<&'static str, u64>,
+    connections: ConnectionsJson,
+    bad_preambles: u64,
+    reactor: ReactorJson,
+    cores: Vec<CoreJson>,
+}
+
+/// A map from op label to `T`, serialized in [`Op::ALL`] order (a `BTreeMap` keyed by label
+/// would sort alphabetically).
+struct OpMap<T>(Vec<(Op, T)>);
+
+impl<T: Serialize> Serialize for OpMap<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (op, value) in &self.0 {
+            map.serialize_entry(op.label(), value)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct OpJson {
+    merged: LatencySummary,
+    partitions: BTreeMap<u32, LatencySummary>,
+}
+
+fn op_json(latency: &OpLatency) -> OpJson {
+    OpJson {
+        merged: LatencySummary::of(&latency.merged),
+        partitions: latency
+            .partitions
+            .iter()
+            .map(|(p, h)| (p.0, LatencySummary::of(h)))
+            .collect(),
+    }
+}
+
+#[derive(Serialize)]
+struct ConnectionsJson {
+    opened: u64,
+    closed: u64,
+    open: u64,
+}
+
+fn connections_json(c: &ConnectionCounters) -> ConnectionsJson {
+    ConnectionsJson {
+        opened: c.opened,
+        closed: c.closed,
+        open: c.open(),
+    }
+}
+
+#[derive(Serialize)]
+struct ReactorJson {
+    stalls: u64,
+    stall_threshold_us: u64,
+    lateness: LatencySummary,
+}
+
+fn reactor_json(r: &ReactorStats) -> ReactorJson {
+    ReactorJson {
+        stalls: r.stalls,
+        stall_threshold_us: r.stall_threshold_us,
+        lateness: LatencySummary::of(&r.lateness_us),
+    }
+}
+
+#[derive(Serialize)]
+struct CoreJson {
+    core: usize,
+    partitions: Vec<u32>,
+    ops: OpMap<LatencySummary>,
+    errors: u64,
+    connections: ConnectionsJson,
+    bad_preambles: u64,
+    reactor: ReactorJson,
+}
+
+fn core_json(core: &CoreView) -> CoreJson {
+    CoreJson {
+        core: core.core,
+        partitions: core.partitions.iter().map(|p| p.0).collect(),
+        ops: OpMap(
+            core.ops
+                .iter()
+                .map(|(op, h)| (*op, LatencySummary::of(h)))
+                .collect(),
+        ),
+        errors: core.errors,
+        connections: connections_json(&core.connections),
+        bad_preambles: core.bad_preambles,
+        reactor: reactor_json(&core.reactor),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{CoreStats, merge};
+    use crate::types::Partition;
+
+    const SUMMARY_KEYS: [&str; 8] = ["count", "p50", "p90", "p99", "p999", "p9999", "max", "mean"];
+
+    fn sample() -> serde_json::Value {
+        serde_json::from_str(&sample_text()).expect("render_json writes valid JSON")
+    }
+
+    fn sample_text() -> String {
+        let a = CoreStats::new(0);
+        let b = CoreStats::new(1);
+        a.add_partition(Partition(0));
+        b.add_partition(Partition(1));
+        for v in 1..=100 {
+            a.record_latency(Op::Produce, Some(Partition(0)), v);
+            b.record_latency(Op::Produce, Some(Partition(1)), v + 100);
+        }
+        a.record_in(Partition(0), 3, 30);
+        b.record_error("not_leader");
+        b.connection_opened();
+        render_json(&merge(&[a.snapshot(), b.snapshot()]))
+    }
+
+    fn assert_summary(v: &serde_json::Value, at: &str) {
+        for key in SUMMARY_KEYS {
+            assert!(v.get(key).is_some(), "{at} lacks {key}: {v}");
+        }
+    }
+
+    #[test]
+    fn every_op_has_every_latency_key_merged_and_per_partition() {
+        let doc = sample();
+        assert_eq!(doc["latency_unit"], "us");
+        let ops = doc["ops"].as_object().expect("ops is an object");
+        assert_eq!(ops.len(), Op::ALL.len());
+        for op in Op::ALL {
+            assert!(ops.contains_key(op.label()), "{} missing", op.label());
+        }
+        for (label, op) in ops {
+            assert_summary(&op["merged"], label);
+            let partitions = op["partitions"].as_object().expect("partitions object");
+            for (p, summary) in partitions {
+                assert_summary(summary, &format!("{label}/{p}"));
+            }
+        }
+        let produce = &doc["ops"]["produce"];
+        assert_eq!(produce["merged"]["count"], 200);
+        assert_eq!(produce["merged"]["p50"], 100);
+        assert_eq!(produce["merged"]["max"], 200);
+        assert_eq!(produce["partitions"]["1"]["p50"], 150);
+        assert_eq!(doc["ops"]["metadata"]["merged"]["count"], 0);
+    }
+
+    #[test]
+    fn ops_are_written_in_declaration_order() {
+        let text = sample_text();
+        // serde_json's Value sorts keys, so look at the text: the first occurrence of each
+        // label is its entry under "ops".
+        let positions: Vec<usize> = Op::ALL
+            .iter()
+            .map(|op| {
+                let key = format!("\"{}\": {{", op.label());
+                text.find(&key).unwrap_or_else(|| panic!("{key} missing"))
+            })
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    }
+
+    #[test]
+    fn counters_connections_and_cores_are_present() {
+        let doc = sample();
+        assert_eq!(doc["partitions"]["0"]["records_in"], 3);
+        assert_eq!(doc["partitions"]["0"]["bytes_in"], 30);
+        assert_eq!(doc["totals"]["bytes_in"], 30);
+        assert_eq!(doc["errors"]["not_leader"], 1);
+        assert_eq!(doc["connections"]["open"], 1);
+        assert_eq!(doc["bad_preambles"], 0);
+        assert_eq!(doc["reactor"]["stalls"], 0);
+        assert_summary(&doc["reactor"]["lateness"], "reactor.lateness");
+        let cores = doc["cores"].as_array().expect("cores is an array");
+        assert_eq!(cores.len(), 2);
+        assert_eq!(cores[1]["core"], 1);
+        assert_eq!(cores[1]["partitions"], serde_json::json!([1]));
+        assert_eq!(cores[1]["ops"]["produce"]["count"], 100);
+        assert_summary(&cores[0]["ops"]["fsync"], "cores[0].fsync");
+    }
+}

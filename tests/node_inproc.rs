@@ -1,0 +1,125 @@
+//! The node started in-process on loopback with real TLS: produce, consume, subscribe,
+//! metadata, routing to the owner core.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use common::{run, test_dir};
+use corelog::client::{Client, ClientConfig, ClientError};
+use corelog::config::{NodeConfig, ServeArgs};
+use corelog::net::errors::ServerError;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+fn start_node(name: &str, extra: &[&str]) -> (corelog::node::NodeHandle, std::path::PathBuf) {
+    let dir = test_dir(name);
+    let data = dir.join("data");
+    let mut argv = vec![
+        "serve".to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--stats-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let args = Args::parse_from(argv);
+    let config = NodeConfig::from_args(&args.serve, &corelog::io::online_cpus()).unwrap();
+    let node = corelog::node::start(config).unwrap();
+    (node, dir)
+}
+
+#[test]
+fn produce_then_consume_on_every_partition() {
+    let (node, _dir) = start_node("inproc-roundtrip", &["--partitions", "4"]);
+    let addr = node.listen;
+    let tls_dir = node.tls_dir.clone();
+    run(|| async move {
+        let cfg = ClientConfig::new(addr, &tls_dir, "client").unwrap();
+        let client = Client::connect(cfg).await.unwrap();
+        let meta = client.metadata().await.unwrap();
+        assert_eq!(meta.partitions.len(), 4);
+        for p in 0..4u32 {
+            for i in 0..10u32 {
+                let r = client
+                    .produce(p, vec![Bytes::from(format!("p{p}-r{i}"))])
+                    .await
+                    .unwrap();
+                assert_eq!(r.base_offset, i as u64);
+            }
+            let got = client.consume(p, 0, 1 << 20, Duration::ZERO).await.unwrap();
+            assert_eq!(got.records.len(), 10);
+            assert_eq!(got.high_watermark, 10);
+            for (i, r) in got.records.iter().enumerate() {
+                assert_eq!(r.offset, i as u64);
+                assert_eq!(r.value, Bytes::from(format!("p{p}-r{i}")));
+            }
+        }
+        let err = client
+            .consume(9, 0, 1024, Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Server(ServerError::UnknownPartition { .. })
+            ),
+            "{err}"
+        );
+        let err = client
+            .consume(0, 100, 1024, Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Server(ServerError::OffsetOutOfRange { .. })
+            ),
+            "{err}"
+        );
+    });
+    node.shutdown();
+    node.join().unwrap();
+}
+
+#[test]
+fn long_poll_consume_wakes_on_new_data_and_subscribe_streams() {
+    let (node, _dir) = start_node("inproc-longpoll", &["--partitions", "1"]);
+    let addr = node.listen;
+    let tls_dir = node.tls_dir.clone();
+    run(|| async move {
+        let cfg = ClientConfig::new(addr, &tls_dir, "client").unwrap();
+        let client = std::rc::Rc::new(Client::connect(cfg).await.unwrap());
+        let waiter = {
+            let client = client.clone();
+            glommio::spawn_local(async move {
+                client
+                    .consume(0, 0, 1 << 20, Duration::from_secs(10))
+                    .await
+                    .unwrap()
+            })
+        };
+        corelog::io::sleep(Duration::from_millis(50)).await;
+        client.produce(0, vec![Bytes::from("wake")]).await.unwrap();
+        let got = waiter.await;
+        assert_eq!(got.records[0].value, Bytes::from("wake"));
+
+        let sub = client.subscribe(0, 0, 1 << 20, 2).await.unwrap();
+        let first = sub.next().await.unwrap();
+        assert_eq!(first.records[0].value, Bytes::from("wake"));
+        client.produce(0, vec![Bytes::from("two")]).await.unwrap();
+        let second = sub.next().await.unwrap();
+        assert_eq!(second.records[0].offset, 1);
+        sub.cancel();
+    });
+    node.shutdown();
+    node.join().unwrap();
+}
