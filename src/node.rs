@@ -51,6 +51,8 @@ pub struct NodeHandle {
     pub partitions: u32,
     shared: Arc<NodeShared>,
     threads: Vec<ExecutorJoinHandle<Result<(), String>>>,
+    /// Held while the node runs: a second node on the same data directory is refused.
+    _lock: std::fs::File,
 }
 
 /// Starts a node's graceful shutdown from any thread (a signal handler thread).
@@ -102,6 +104,8 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, String> {
         )
     })?;
     crate::io::check_direct_io_filesystem(&config.data_dir).map_err(|e| e.to_string())?;
+    check_io_uring_enabled()?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let partitions = load_or_store_partitions(
         &config.data_dir,
         config.partitions,
@@ -190,6 +194,7 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, String> {
         partitions,
         shared: shared.clone(),
         threads,
+        _lock: lock,
     };
     match result {
         Ok(()) => {
@@ -404,9 +409,47 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
+/// Refuses to start when io_uring is switched off by sysctl.
+fn check_io_uring_enabled() -> Result<(), String> {
+    match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        Ok(v) if v.trim() != "0" => Err(format!(
+            "io_uring is disabled (kernel.io_uring_disabled = {}); corelog needs it: run \
+             `sysctl -w kernel.io_uring_disabled=0`",
+            v.trim()
+        )),
+        // Absent on kernels before 6.6, where io_uring cannot be switched off this way.
+        _ => Ok(()),
+    }
+}
+
+/// Takes an exclusive lock on `<data>/LOCK`: two nodes must never share a data directory.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is in use by another corelog process (lock {})",
+            data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// Binds (without listening) a SO_REUSEPORT socket to hold the port while the cores bind it.
+/// A fixed port is first bound plainly, so a port another process (even another corelog
+/// with SO_REUSEPORT) holds is refused instead of silently shared.
 fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), String> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    }
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {

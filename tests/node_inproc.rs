@@ -123,3 +123,42 @@ fn long_poll_consume_wakes_on_new_data_and_subscribe_streams() {
     node.shutdown();
     node.join().unwrap();
 }
+
+#[test]
+fn a_second_node_on_the_same_data_dir_or_port_is_refused() {
+    let (node, dir) = start_node("inproc-exclusive", &["--partitions", "1"]);
+    let data = dir.join("data");
+    let same_dir = Args::parse_from([
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--stats-listen",
+        "127.0.0.1:0",
+    ]);
+    let config = NodeConfig::from_args(&same_dir.serve, &corelog::io::online_cpus()).unwrap();
+    let err = corelog::node::start(config)
+        .err()
+        .expect("second node must fail");
+    assert!(err.contains("in use by another corelog"), "{err}");
+
+    let other = test_dir("inproc-exclusive-other");
+    let listen = node.listen.to_string();
+    let same_port = Args::parse_from([
+        "serve",
+        "--data-dir",
+        other.join("data").to_str().unwrap(),
+        "--listen",
+        listen.as_str(),
+        "--stats-listen",
+        "127.0.0.1:0",
+    ]);
+    let config = NodeConfig::from_args(&same_port.serve, &corelog::io::online_cpus()).unwrap();
+    let err = corelog::node::start(config)
+        .err()
+        .expect("second node must fail");
+    assert!(err.contains("cannot bind"), "{err}");
+    node.shutdown();
+    node.join().unwrap();
+}

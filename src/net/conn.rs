@@ -335,9 +335,8 @@ impl Connection {
         let mut records = log.read_from(offset, max_bytes).await;
         if matches!(&records, Ok(r) if r.is_empty()) && wait_ms > 0 {
             let stop_seen = self.shard.shutdown.generation();
-            let waited = futures_lite::future::or(
-                async { log.wait_for(offset).await.is_ok() },
-                async {
+            let waited =
+                futures_lite::future::or(async { log.wait_for(offset).await.is_ok() }, async {
                     // A shutdown answers long-polls now (empty) instead of after max_wait.
                     let stop = async {
                         if !self.shard.is_shutting_down() {
@@ -347,9 +346,8 @@ impl Connection {
                     let timeout = crate::io::sleep(Duration::from_millis(u64::from(wait_ms)));
                     futures_lite::future::or(stop, timeout).await;
                     false
-                },
-            )
-            .await;
+                })
+                .await;
             if waited {
                 records = log.read_from(offset, max_bytes).await;
             }
