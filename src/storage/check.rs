@@ -696,7 +696,9 @@ fn tail_verdict(
             Severity::Error,
             format!(
                 "{what}, but valid batches resume at byte {at} (offset {offset}): recovery \
-                 would cut the data after the damage"
+                 would cut the data after the damage (bit rot, or, in the last segment close \
+                 to its end, a crash during a multi-block group commit, whose batches were \
+                 never acknowledged)"
             ),
         ));
     }

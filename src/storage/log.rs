@@ -9,11 +9,17 @@
 //! # Write path (group commit)
 //! `append*` encodes the batch (CRC32C included) into a bounded in-memory queue and waits. One
 //! flusher task per log drains the queue: it copies up to `flush_bytes_max` of batches behind the
-//! active segment's partial tail block into one aligned DMA buffer, issues **one** write, then
-//! **one** `fdatasync`, then completes every waiter. The tail block (the last, partially filled
-//! 4 KiB block) is kept in memory and rewritten by the next flush; a rewrite carries identical
-//! bytes for everything already acknowledged, so a torn rewrite can only damage new, unacked
-//! bytes. Flushes never overlap, so two writes of one block are never in flight together.
+//! active segment's partial tail block into one aligned DMA buffer and issues **one** write. Once
+//! the write completes, **one** `fdatasync` for it runs in a task of its own while the flusher
+//! already writes the next group commit: a sync covers every write that completed before it was
+//! issued, so it never waits for a later one, and the disk works on one commit's data while it
+//! flushes the previous one's. Syncs are chained: each group commit publishes (becomes
+//! readable) and acknowledges its appends only after its own sync *and* every earlier one.
+//! The tail block (the last, partially filled 4 KiB block) is kept in memory and rewritten by
+//! the next write; a rewrite carries identical bytes for everything already acknowledged, so a
+//! torn rewrite — or one racing the previous commit's sync — can only damage new, unacked
+//! bytes. Writes never overlap each other, so two writes of one block are never in flight
+//! together.
 //!
 //! # Recovery (decision table)
 //! | what open finds                                   | what it does                           |
@@ -112,6 +118,41 @@ struct Shared {
     /// Serialises everything that writes files: flushes, rolls, truncation, retention, close.
     io_lock: Semaphore,
     observer: RefCell<Option<Rc<dyn LogObserver>>>,
+    /// The newest group commit whose `fdatasync` is pending or running; each waits for the
+    /// one before it, so commits publish (and ack) in offset order.
+    sync_tail: RefCell<Option<Rc<SyncLink>>>,
+}
+
+/// One group commit's place in the `fdatasync` chain.
+struct SyncLink {
+    done: std::cell::Cell<bool>,
+    finished: Event,
+}
+
+impl SyncLink {
+    async fn wait(&self) {
+        loop {
+            let seen = self.finished.generation();
+            if self.done.get() {
+                return;
+            }
+            self.finished.wait(seen).await;
+        }
+    }
+
+    fn finish(&self) {
+        self.done.set(true);
+        self.finished.notify();
+    }
+}
+
+/// What a completed write leaves for its `fdatasync` and publication.
+struct Written {
+    store: Rc<File>,
+    start: u64,
+    new_end: u64,
+    bytes: u64,
+    started: Instant,
 }
 
 struct State {
@@ -124,6 +165,13 @@ struct State {
     dirty_until: u64,
     /// The active store is reserved (`fallocate`d) up to here.
     reserved: u64,
+    /// The writer's view of the active segment: where the next write starts and which offset
+    /// it continues. Ahead of the segment's (durable, readable) end while a written group
+    /// commit waits for its `fdatasync`.
+    written_end: u64,
+    written_next: Offset,
+    /// Batches written but not yet published (their `fdatasync` is pending).
+    unpublished_batches: usize,
     /// The offset the next append gets.
     next_offset: Offset,
     /// Every offset below this is durable and readable.
@@ -226,6 +274,9 @@ impl Log {
             tail: recovered.tail,
             dirty_until: 0,
             reserved: recovered.reserved,
+            written_end: recovered.active_end,
+            written_next: durable,
+            unpublished_batches: 0,
             next_offset: durable,
             durable,
             queue: VecDeque::new(),
@@ -253,6 +304,7 @@ impl Log {
             flusher_done: Event::new(),
             io_lock: Semaphore::new(1),
             observer: RefCell::new(None),
+            sync_tail: RefCell::new(None),
         });
         if let Some(cut) = recovered.truncate_marker {
             let _permit = shared.lock().await?;
@@ -511,6 +563,7 @@ impl Log {
             self.shared.flusher_done.wait(seen).await;
         }
         let _permit = self.shared.lock().await?;
+        self.shared.drain_syncs().await;
         let result = self.shared.persist_active_index(true).await;
         let result = match (result, self.shared.sync_if_unsynced().await) {
             (Ok(()), r) => r,
@@ -605,27 +658,40 @@ impl Shared {
         Ok(None)
     }
 
-    /// Writes out everything queued, in group commits. The caller holds the io lock.
-    async fn flush_queued(&self) {
+    /// Writes out everything queued, in group commits, and waits until all of it is durable
+    /// (or failed). The caller holds the io lock.
+    async fn flush_queued(self: &Rc<Self>) {
         while !self.state.borrow().queue.is_empty() {
             self.flush_once().await;
         }
+        self.drain_syncs().await;
     }
 
-    /// One group commit: takes up to `flush_bytes_max` of queued batches, makes them durable and
-    /// completes their appends in offset order. On failure, fails them and everything queued
-    /// behind them (their offsets were assigned after the failed ones).
-    async fn flush_once(&self) {
-        let taken: Vec<Pending> = {
+    /// Waits for every pending `fdatasync` and its publication.
+    async fn drain_syncs(&self) {
+        let last = self.sync_tail.borrow().clone();
+        if let Some(link) = last {
+            link.wait().await;
+        }
+    }
+
+    /// One group commit: takes up to `flush_bytes_max` of queued batches and writes them. With
+    /// `fsync = always` the `fdatasync`, publication and acks run in a task of their own, so
+    /// the next commit's write overlaps this one's sync (a sync covers every write that
+    /// completed before it was issued, so it never needs to wait for a later one). On a failed
+    /// write, fails the batches not written and everything queued behind them (their offsets
+    /// were assigned after the failed ones).
+    async fn flush_once(self: &Rc<Self>) {
+        let mut taken: VecDeque<Pending> = {
             let mut st = self.state.borrow_mut();
             let mut bytes = 0usize;
-            let mut taken = Vec::new();
+            let mut taken = VecDeque::new();
             while let Some(p) = st.queue.front() {
                 if !taken.is_empty() && bytes + p.batch.len() > self.config.flush_bytes_max {
                     break;
                 }
                 bytes += p.batch.len();
-                taken.push(st.queue.pop_front().expect("front exists"));
+                taken.push_back(st.queue.pop_front().expect("front exists"));
             }
             st.queue_bytes -= bytes;
             taken
@@ -634,24 +700,14 @@ impl Shared {
             return;
         }
         self.space.notify();
-        let mut durable_count = 0usize;
-        let result = self.write_pending(&taken, &mut durable_count).await;
-        let mut taken = taken.into_iter();
-        for p in taken.by_ref().take(durable_count) {
-            p.done.send(Ok(p.base));
-        }
-        // After the acks: index blocks are an accelerator and nobody should wait for them.
-        if durable_count > 0 {
-            self.write_full_index_blocks().await;
-        }
-        if let Err(e) = result {
+        if let Err(e) = self.write_pending(&mut taken).await {
             for p in taken {
                 p.done.send(Err(e.clone()));
             }
             let queued: Vec<Pending> = {
                 let mut st = self.state.borrow_mut();
                 st.queue_bytes = 0;
-                st.next_offset = st.durable;
+                st.next_offset = st.written_next;
                 st.queue.drain(..).collect()
             };
             for p in queued {
@@ -662,52 +718,58 @@ impl Shared {
         }
     }
 
-    /// Writes `batches` into the active segment, rolling it when full; counts how many are
-    /// durable in `durable_count`.
-    async fn write_pending(&self, batches: &[Pending], durable_count: &mut usize) -> Result<()> {
-        let mut i = 0;
-        while i < batches.len() {
+    /// Writes the batches into the active segment, rolling it when full. What was written
+    /// leaves `rest`; on error, `rest` holds what was not.
+    async fn write_pending(self: &Rc<Self>, rest: &mut VecDeque<Pending>) -> Result<()> {
+        while !rest.is_empty() {
             let (fit, roll) = {
                 let st = self.state.borrow();
                 let seg = st.active();
-                let mut end = seg.end();
-                let index_len = seg.with_index(|ix| ix.len());
-                let mut j = i;
-                while j < batches.len() {
-                    let len = batches[j].batch.len() as u64;
-                    // Upper bound: every batch of the chunk may take an index entry.
-                    let entries = index_len + j - i + 1;
+                let mut end = st.written_end;
+                let index_len = seg.with_index(|ix| ix.len()) + st.unpublished_batches;
+                let mut j = 0;
+                while j < rest.len() {
+                    let len = rest[j].batch.len() as u64;
+                    // Upper bound: every batch may take an index entry.
+                    let entries = index_len + j + 1;
                     let index_bytes =
                         (entries.div_ceil(ENTRIES_PER_BLOCK) * INDEX_BLOCK_BYTES) as u64;
                     let too_big = end + len > self.config.segment_bytes_max
                         || index_bytes > self.config.index_bytes_max;
-                    if too_big && (end > 0 || j > i) {
+                    if too_big && (end > 0 || j > 0) {
                         break;
                     }
                     end += len;
                     j += 1;
                 }
-                (j, j == i)
+                (j, j == 0)
             };
             if roll {
                 self.roll().await?;
                 continue;
             }
-            self.write_chunk(&batches[i..fit]).await?;
-            i = fit;
-            *durable_count = i;
+            let chunk: Vec<Pending> = rest.drain(..fit).collect();
+            match self.write_chunk(&chunk).await {
+                Ok(written) => self.commit_written(chunk, written).await,
+                Err(e) => {
+                    for p in chunk.into_iter().rev() {
+                        rest.push_front(p);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
 
-    /// One write (tail block + batches, zero-padded to the block size) and, with
-    /// `fsync = always`, one `fdatasync`; then publishes the batches.
-    async fn write_chunk(&self, chunk: &[Pending]) -> Result<()> {
-        let (store, start, buf, new_end, new_tail, reserve) = {
+    /// One write: the tail block + batches, zero-padded to the block size. Advances the
+    /// writer's view of the segment; nothing is readable or acknowledged yet.
+    async fn write_chunk(&self, chunk: &[Pending]) -> Result<Written> {
+        let (store, start_pos, start, buf, new_end, new_tail, reserve) = {
             let mut st = self.state.borrow_mut();
             st.not_stopped()?;
             let seg = st.active().clone();
-            let end = seg.end();
+            let end = st.written_end;
             let start = align_down(end);
             assert_eq!(st.tail.len() as u64, end - start, "tail block out of sync");
             let payload: u64 = chunk.iter().map(|p| p.batch.len() as u64).sum();
@@ -717,7 +779,7 @@ impl Shared {
             let bytes = buf.as_mut_slice();
             bytes[..st.tail.len()].copy_from_slice(&st.tail);
             let mut at = st.tail.len();
-            let mut expected = seg.next_offset();
+            let mut expected = st.written_next;
             for p in chunk {
                 // Check what goes to disk right before it goes (STYLE: both sides of the disk).
                 let header = format::decode_header(&p.batch).expect("queued batch has a header");
@@ -735,7 +797,15 @@ impl Shared {
             buf.zero_from(at);
             st.dirty_until = st.dirty_until.max(write_end);
             let reserve = (write_end > st.reserved).then(|| self.config.reserve_for(write_end));
-            (seg.store.clone(), start, buf, new_end, new_tail, reserve)
+            (
+                seg.store.clone(),
+                end,
+                start,
+                buf,
+                new_end,
+                new_tail,
+                reserve,
+            )
         };
         if let Some(reserve) = reserve {
             store.pre_allocate(reserve).await?;
@@ -744,13 +814,74 @@ impl Shared {
         let started = Instant::now();
         let bytes = buf.len() as u64;
         store.write_at(buf, start).await?;
-        self.sync_for_policy(&store).await?;
-        let observer = self.observer.borrow().clone();
-        if let Some(observer) = observer {
-            observer.flushed(bytes, chunk.len(), started.elapsed());
+        let mut st = self.state.borrow_mut();
+        st.written_end = new_end;
+        st.written_next = chunk.last().expect("chunk is not empty").next;
+        st.tail = new_tail;
+        if st.dirty_until <= align_up(new_end) {
+            st.dirty_until = 0;
         }
-        self.publish(chunk, new_end, new_tail);
-        Ok(())
+        st.unpublished_batches += chunk.len();
+        Ok(Written {
+            store,
+            start: start_pos,
+            new_end,
+            bytes,
+            started,
+        })
+    }
+
+    /// Makes a written chunk durable as the policy says, then publishes and acks it, in
+    /// offset order. With `fsync = always` this runs in a task chained behind the previous
+    /// commit's.
+    async fn commit_written(self: &Rc<Self>, chunk: Vec<Pending>, written: Written) {
+        let link = Rc::new(SyncLink {
+            done: std::cell::Cell::new(false),
+            finished: Event::new(),
+        });
+        let prev = self.sync_tail.borrow_mut().replace(link.clone());
+        let shared = self.clone();
+        let task = async move {
+            if let Some(prev) = prev {
+                prev.wait().await;
+            }
+            let synced = match shared.state.borrow().not_stopped() {
+                Ok(()) => None,
+                Err(e) => Some(Err(e)),
+            };
+            let synced = match synced {
+                Some(r) => r,
+                None => shared.sync_for_policy(&written.store).await,
+            };
+            match synced {
+                Ok(()) => {
+                    let observer = shared.observer.borrow().clone();
+                    if let Some(observer) = observer {
+                        observer.flushed(written.bytes, chunk.len(), written.started.elapsed());
+                    }
+                    shared.publish(&chunk, written.start, written.new_end);
+                    for p in chunk {
+                        p.done.send(Ok(p.base));
+                    }
+                    // After the acks: index blocks are an accelerator; nobody waits for them.
+                    shared.write_full_index_blocks().await;
+                }
+                Err(e) => {
+                    shared.state.borrow_mut().unpublished_batches -= chunk.len();
+                    for p in chunk {
+                        p.done.send(Err(e.clone()));
+                    }
+                }
+            }
+            link.finish();
+        };
+        match self.config.fsync {
+            FsyncPolicy::Always => {
+                glommio::spawn_local(task).detach();
+            }
+            // Nothing to overlap: the write is the commit.
+            FsyncPolicy::Interval(_) => task.await,
+        }
     }
 
     /// `fdatasync` as the policy says. A failed sync stops the partition for good: the kernel
@@ -801,10 +932,11 @@ impl Shared {
     }
 
     /// Makes durable batches visible: segment end, index entries, cache, waiters.
-    fn publish(&self, chunk: &[Pending], new_end: u64, new_tail: Vec<u8>) {
+    fn publish(&self, chunk: &[Pending], start: u64, new_end: u64) {
         let mut st = self.state.borrow_mut();
         let seg = st.active().clone();
-        let mut position = seg.end();
+        assert_eq!(seg.end(), start, "group commits publish in order");
+        let mut position = start;
         seg.with_index(|index| {
             for p in chunk {
                 let due = index
@@ -823,10 +955,7 @@ impl Shared {
         assert_eq!(position, new_end);
         let last = chunk.last().expect("chunk is not empty");
         seg.set_tail(new_end, last.next, last.timestamp_ms);
-        st.tail = new_tail;
-        if st.dirty_until <= align_up(new_end) {
-            st.dirty_until = 0;
-        }
+        st.unpublished_batches -= chunk.len();
         st.durable = last.next;
         for p in chunk {
             let batch = Batch::from_encoded(p.batch.clone());
@@ -878,6 +1007,9 @@ impl Shared {
 
     /// Seals the active segment and opens a new one at the next offset.
     async fn roll(&self) -> Result<()> {
+        // Seal only what is durable and published: wait for pending syncs.
+        self.drain_syncs().await;
+        self.state.borrow().not_stopped()?;
         let old = self.state.borrow().active().clone();
         self.persist_active_index(true).await?;
         self.sync_if_unsynced().await?;
@@ -893,6 +1025,8 @@ impl Shared {
             st.tail.clear();
             st.dirty_until = 0;
             st.reserved = self.config.reserve_for(0);
+            st.written_end = 0;
+            st.written_next = base;
         }
         if let Err(e) = self.apply_retention_locked().await {
             log::warn!("{}: retention failed: {e}", self.dir.display());
@@ -1055,6 +1189,8 @@ impl Shared {
             st.segments.truncate(keep);
             st.tail = tail;
             st.dirty_until = 0;
+            st.written_end = cut_pos;
+            st.written_next = cut;
             st.next_offset = cut;
             st.durable = cut;
             while st
@@ -1098,6 +1234,8 @@ impl Shared {
             st.tail.clear();
             st.dirty_until = 0;
             st.reserved = self.config.reserve_for(0);
+            st.written_end = 0;
+            st.written_next = base;
             st.next_offset = base;
             st.durable = base;
             st.cache.clear();
@@ -1287,6 +1425,7 @@ struct Recovered {
     segments: Vec<Rc<Segment>>,
     tail: Vec<u8>,
     reserved: u64,
+    active_end: u64,
     active_next: Offset,
     cache: Vec<Batch>,
     truncate_marker: Option<Offset>,
@@ -1336,6 +1475,7 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
             segments: vec![Rc::new(seg)],
             tail: Vec::new(),
             reserved: config.reserve_for(0),
+            active_end: 0,
             active_next: base,
             cache: Vec::new(),
             truncate_marker: None,
@@ -1349,11 +1489,13 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
     let last = *bases.last().expect("not empty");
     let (active, tail, cache, reserved) = open_active(disk, dir, config, last).await?;
     let active_next = active.next_offset();
+    let active_end = active.end();
     segments.push(Rc::new(active));
     Ok(Recovered {
         segments,
         tail,
         reserved,
+        active_end,
         active_next,
         cache,
         truncate_marker,
