@@ -162,3 +162,38 @@ fn a_second_node_on_the_same_data_dir_or_port_is_refused() {
     node.shutdown();
     node.join().unwrap();
 }
+
+#[test]
+fn peer_connections_need_a_node_certificate_and_are_told_replication_is_off() {
+    use corelog::client::Connection;
+    use corelog::net::frame::{Request, Response};
+    use corelog::net::preamble::ConnKind;
+    use corelog::proto::MetadataRequest;
+
+    let (node, _dir) = start_node("inproc-peer", &["--partitions", "1"]);
+    let addr = node.listen;
+    let tls_dir = node.tls_dir.clone();
+    run(|| async move {
+        for (cert, want_unauthorized) in [("client", true), ("node", false)] {
+            let cfg = ClientConfig::new(addr, &tls_dir, cert).unwrap();
+            let conn = Connection::connect(&cfg, 0, ConnKind::Peer).await.unwrap();
+            let resp = conn
+                .request(Request::Metadata(MetadataRequest {}))
+                .await
+                .unwrap();
+            let Response::Error(err) = resp else {
+                panic!("a peer request must be refused, got {resp:?}");
+            };
+            let err = ServerError::from_response(&err);
+            match (want_unauthorized, &err) {
+                (true, ServerError::Unauthorized { .. }) => {}
+                (false, ServerError::Unavailable { message }) => {
+                    assert!(message.contains("replication"), "{message}")
+                }
+                _ => panic!("{cert}: unexpected {err}"),
+            }
+        }
+    });
+    node.shutdown();
+    node.join().unwrap();
+}

@@ -195,6 +195,20 @@ impl Connection {
     async fn dispatch(self: Rc<Self>, frame: frame::Frame, permit: StaticPermit) -> bool {
         let corr = frame.correlation_id;
         if self.kind == ConnKind::Peer {
+            // Peers authenticate like anyone else and need the replicate right (a node
+            // certificate by default); replication itself is not built yet.
+            let (object, action) = (Object::Cluster, Action::Replicate);
+            if !self
+                .shard
+                .node
+                .policy
+                .allows(&self.identity, object, action)
+            {
+                self.shard.stats.record_error("unauthorized");
+                let err = errors::unauthorized(action.as_str(), &object.to_string());
+                self.send_error(corr, err, Some(permit));
+                return true;
+            }
             self.send_error(corr, errors::replication_not_enabled(), Some(permit));
             return true;
         }
