@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, FromArgMatches};
 
 use crate::storage::{FsyncPolicy, LogConfig};
 
@@ -82,6 +82,13 @@ pub struct ServeArgs {
     /// byte in it). Never use in production.
     #[arg(long, hide = true)]
     pub inject_fault: Option<ReadFault>,
+    /// TOML file with any of these flags by long name (`data-dir = "/var/lib/corelog"`,
+    /// `segment-bytes = 1073741824`); flags given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// io-properties file written by `corelog iotune`: sets the appender's write size.
+    #[arg(long)]
+    pub io_properties: Option<PathBuf>,
 }
 
 /// A deliberate fault in what readers are served (see `--inject-fault`).
@@ -97,9 +104,9 @@ impl std::str::FromStr for ReadFault {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, n) = s
-            .split_once(':')
-            .ok_or_else(|| format!("bad fault {s:?}: expected drop-record:N or corrupt-record:N"))?;
+        let (kind, n) = s.split_once(':').ok_or_else(|| {
+            format!("bad fault {s:?}: expected drop-record:N or corrupt-record:N")
+        })?;
         let every: u64 = n
             .parse()
             .ok()
@@ -143,6 +150,9 @@ pub struct NodeConfig {
     pub in_flight_max: usize,
     /// Testing only: a deliberate fault in what readers are served.
     pub read_fault: Option<ReadFault>,
+    /// Writes in flight that `--io-properties` chose. Recorded only: the appender issues one
+    /// write at a time today, so it does not act on this yet.
+    pub writes_in_flight: Option<usize>,
 }
 
 impl NodeConfig {
@@ -219,6 +229,15 @@ impl NodeConfig {
             ),
             other => other.to_string(),
         })?;
+        let mut log = log;
+        let mut writes_in_flight = None;
+        if let Some(path) = &args.io_properties {
+            let props = crate::tuning::iotune::IoProperties::load(path)?;
+            log.flush_bytes_max = props.write_bytes;
+            writes_in_flight = Some(props.writes_in_flight);
+            log.validate()
+                .map_err(|e| format!("--io-properties {}: write_bytes: {e}", path.display()))?;
+        }
         let tls = match &args.tls_dir {
             Some(dir) => TlsSource::Dir {
                 dir: dir.clone(),
@@ -245,6 +264,172 @@ impl NodeConfig {
             connections_max: args.connections_max,
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             read_fault: args.inject_fault,
+            writes_in_flight,
         })
     }
+}
+
+/// Keys a config file may not hold: the file cannot name another file.
+const CONFIG_KEYS_FORBIDDEN: &[&str] = &["config"];
+/// A config file larger than this is refused (it holds a few dozen settings).
+const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+
+impl ServeArgs {
+    /// Parses `serve` flags (`argv` starts with the subcommand name, `serve`) and, when they
+    /// name `--config FILE`, merges the file under them: every key of the file is a `serve`
+    /// flag by its long name, and a flag given on the command line wins over the file. Each
+    /// key's value goes through the same parser as the flag, so the file accepts exactly what
+    /// the command line accepts; an unknown key or a bad value is an error naming the file and
+    /// the key.
+    pub fn parse_with_config_file<I, T>(argv: I) -> Result<ServeArgs, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+        let command = serve_command();
+        let matches = command
+            .clone()
+            .try_get_matches_from(&argv)
+            .map_err(|e| first_line(&e.to_string()))?;
+        let args = ServeArgs::from_arg_matches(&matches).map_err(|e| first_line(&e.to_string()))?;
+        let Some(path) = args.config.clone() else {
+            return Ok(args);
+        };
+        let explicit: Vec<String> = command
+            .get_arguments()
+            .filter(|a| {
+                matches.value_source(a.get_id().as_str())
+                    == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        let file_args = config_file_args(&command, &path, &explicit)?;
+        // The file's flags first, then the command line's: no flag appears twice, because keys
+        // given on the command line were left out of `file_args`.
+        let mut merged: Vec<std::ffi::OsString> = vec!["serve".into()];
+        merged.extend(file_args.into_iter().map(Into::into));
+        merged.extend(argv.into_iter().skip(1));
+        let matches = command.try_get_matches_from(merged).map_err(|e| {
+            format!(
+                "--config {}: {}",
+                path.display(),
+                first_line(&e.to_string())
+            )
+        })?;
+        ServeArgs::from_arg_matches(&matches).map_err(|e| first_line(&e.to_string()))
+    }
+}
+
+/// The clap command of `serve` alone, for parsing flags and config files the same way.
+fn serve_command() -> clap::Command {
+    use clap::Args as _;
+    ServeArgs::augment_args(clap::Command::new("serve"))
+}
+
+/// Turns the config file at `path` into `--key value` flags, leaving out keys in `explicit`
+/// (given on the command line) and keys that conflict with them.
+fn config_file_args(
+    command: &clap::Command,
+    path: &std::path::Path,
+    explicit: &[String],
+) -> Result<Vec<String>, String> {
+    let name = path.display();
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("--config {name}: cannot read: {e}"))?
+        .len();
+    if size > CONFIG_FILE_BYTES_MAX {
+        return Err(format!(
+            "--config {name}: {size} bytes is larger than {CONFIG_FILE_BYTES_MAX}; is it the right file?"
+        ));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {name}: cannot read: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        format!("--config {name}: not valid TOML: {}", e.message())
+    })?;
+    let valid: Vec<&str> = command
+        .get_arguments()
+        .filter(|a| !a.is_hide_set())
+        .filter_map(|a| a.get_long())
+        .filter(|l| !CONFIG_KEYS_FORBIDDEN.contains(l))
+        .collect();
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        // Hidden flags (testing only) and `config` itself have no place in a config file.
+        if !valid.contains(&key.as_str()) {
+            return Err(format!(
+                "--config {name}: unknown key `{key}` (keys are serve flags by long name: {})",
+                valid.join(", ")
+            ));
+        }
+        let flag_args = toml_value_args(key, value)
+            .map_err(|why| format!("--config {name}: key `{key}`: {why}"))?;
+        // Validate this key alone, so the message names it.
+        let mut one: Vec<String> = vec!["serve".into()];
+        one.extend(flag_args.iter().cloned());
+        if let Err(e) = command.clone().try_get_matches_from(&one) {
+            return Err(format!(
+                "--config {name}: key `{key}`: {}",
+                first_line(&e.to_string())
+            ));
+        }
+        let overridden = explicit
+            .iter()
+            .any(|f| f == key || conflicting(command, f, key) || conflicting(command, key, f));
+        if !overridden {
+            out.extend(flag_args);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the flag `a` declares a conflict with the flag `b` (clap records a conflict on the
+/// side that declared it only).
+fn conflicting(command: &clap::Command, a: &str, b: &str) -> bool {
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(a))
+        .is_some_and(|arg| {
+            command
+                .get_arg_conflicts_with(arg)
+                .iter()
+                .any(|c| c.get_long() == Some(b))
+        })
+}
+
+/// The command-line form of one config-file value: `--key VALUE`; an array is the flag's
+/// comma-separated list.
+fn toml_value_args(key: &str, value: &toml::Value) -> Result<Vec<String>, String> {
+    let scalar = |v: &toml::Value| -> Result<String, String> {
+        match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(format!(
+                "expected a string or a number, found {}",
+                other.type_str()
+            )),
+        }
+    };
+    let text = match value {
+        toml::Value::Array(items) => items
+            .iter()
+            .map(scalar)
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        other => scalar(other)?,
+    };
+    Ok(vec![format!("--{key}"), text])
+}
+
+/// clap's error messages carry usage lines and tips; the first line says what is wrong.
+fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .next()
+        .unwrap_or(message)
+        .trim_start_matches("error: ")
+        .to_string()
 }

@@ -15,6 +15,7 @@ pub mod shard;
 pub mod stats;
 pub mod storage;
 pub mod sync;
+pub mod tuning;
 pub mod types;
 
 pub use error::{Error, Result};

@@ -9,6 +9,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use corelog::cli::{self, CertsArgs, ConsumeArgs, ProduceArgs, ServersArgs};
 use corelog::config::ServeArgs;
 use corelog::storage::check::{self, PartitionReport, Summary};
+use corelog::tuning::doctor::{self, DoctorArgs};
+use corelog::tuning::iotune::{self, IotuneArgs};
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// `check` found no corruption (warnings allowed).
@@ -33,6 +35,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the `serve` variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Verify segment files offline, read-only.
@@ -56,6 +60,14 @@ enum Command {
     Consume(ConsumeArgs),
     /// Print the cluster's servers and the partitions each leads.
     Servers(ServersArgs),
+    /// Check this host and a data directory for running a node.
+    ///
+    /// One line per check: `PASS|WARN|FAIL  <check>: <found>; <meaning>`, then `    fix: <command>`
+    /// for each WARN and FAIL. Exit code 0: no FAIL; 1: some check failed; 2: usage error.
+    Doctor(DoctorArgs),
+    /// Measure the disk with the node's I/O path and write an io-properties file for
+    /// `serve --io-properties`.
+    Iotune(IotuneArgs),
 }
 
 #[derive(Args)]
@@ -100,12 +112,26 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, String> {
     match cli.command {
         Command::Check(args) => run_check(args),
-        Command::Serve(args) => cli::serve(&args).map(|()| EXIT_OK),
+        Command::Serve(args) => serve_with_config_file(args),
         Command::Certs(args) => cli::certs(&args).map(|()| EXIT_OK),
         Command::Produce(args) => cli::produce(&args).map(|()| EXIT_OK),
         Command::Consume(args) => cli::consume(&args).map(|()| EXIT_OK),
         Command::Servers(args) => cli::servers(&args).map(|()| EXIT_OK),
+        Command::Doctor(args) => doctor::run_cli(&args),
+        Command::Iotune(args) => iotune::run_cli(&args),
     }
+}
+
+/// `serve`, with `--config FILE` merged under the command line's flags.
+fn serve_with_config_file(args: ServeArgs) -> Result<u8, String> {
+    let args = match args.config {
+        // Re-parse the `serve` arguments to learn which flags the command line gave.
+        Some(_) => ServeArgs::parse_with_config_file(
+            std::env::args_os().skip_while(|a| a.as_os_str() != "serve"),
+        )?,
+        None => args,
+    };
+    cli::serve(&args).map(|()| EXIT_OK)
 }
 
 /// What `check` looks at.

@@ -506,3 +506,110 @@ pub fn ensure_memlock(want_bytes: u64) -> std::result::Result<u64, String> {
         want / 1024
     ))
 }
+
+/// A per-process resource limit `corelog doctor` inspects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceLimit {
+    /// RLIMIT_MEMLOCK: memory io_uring may pin.
+    LockedMemory,
+    /// RLIMIT_NOFILE: open file descriptors (connections, segment files).
+    OpenFiles,
+}
+
+/// A resource limit's soft and hard values; `None` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitValues {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// Reads a resource limit without changing it (unlike [`ensure_memlock`]).
+pub fn resource_limit(which: ResourceLimit) -> io::Result<LimitValues> {
+    let resource = match which {
+        ResourceLimit::LockedMemory => libc::RLIMIT_MEMLOCK,
+        ResourceLimit::OpenFiles => libc::RLIMIT_NOFILE,
+    };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the properly sized `lim` and reads nothing else.
+    if unsafe { libc::getrlimit(resource, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let finite = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then_some(v);
+    Ok(LimitValues {
+        soft: finite(lim.rlim_cur),
+        hard: finite(lim.rlim_max),
+    })
+}
+
+/// Space on the filesystem holding a path, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesystemSpace {
+    /// Bytes an unprivileged process may still write.
+    pub available_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// `statvfs` of the filesystem holding `path`.
+pub fn filesystem_space(path: &Path) -> Result<FilesystemSpace> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("path {} has a NUL byte", path.display())))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-parameter that
+    // statvfs fully initialises on success; we read it only then.
+    let (rc, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let rc = libc::statvfs(c.as_ptr(), &mut st);
+        (rc, st)
+    };
+    if rc != 0 {
+        return Err(Error::from_io(
+            "inspecting free space of",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let block = st.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(FilesystemSpace {
+        available_bytes: st.f_bavail as u64 * block,
+        total_bytes: st.f_blocks as u64 * block,
+    })
+}
+
+/// Writes one [`BLOCK_BYTES`] block with `O_DIRECT` to a scratch file in `dir`, `fdatasync`s
+/// it and removes it: proves the filesystem takes direct I/O the way the log writes it.
+pub fn probe_direct_write(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(".corelog-doctor-probe");
+    // An aligned block inside a larger heap buffer: O_DIRECT wants the memory aligned too.
+    let mut backing = vec![0x5Au8; 2 * BLOCK_BYTES as usize];
+    let skew = backing.as_ptr() as usize % BLOCK_BYTES as usize;
+    let start = if skew == 0 {
+        0
+    } else {
+        BLOCK_BYTES as usize - skew
+    };
+    let block = &mut backing[start..start + BLOCK_BYTES as usize];
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .and_then(|mut f| {
+            let written = f.write(block)?;
+            if written != block.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short direct write: {written} of {} bytes", block.len()),
+                ));
+            }
+            f.sync_data()
+        });
+    let _ = std::fs::remove_file(&path);
+    result
+}
