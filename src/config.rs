@@ -216,10 +216,13 @@ impl NodeConfig {
             retention_bytes: args.retention_bytes,
             retention_ms: args.retention_ms,
             fsync: args.fsync,
-            // A produce request is one frame; its batch must fit in the log's limit.
-            batch_bytes_max: (args.frame_bytes_max as usize)
+            // A produce request is one frame; the batch it becomes must fit the log's limit.
+            // A batch adds a 56-byte header and 4 bytes per record, while each record costs at
+            // least 2 bytes of protobuf framing: a batch is at most twice its frame + header.
+            batch_bytes_max: (args.frame_bytes_max as usize * 2
+                + crate::storage::format::HEADER_BYTES)
                 .min(crate::storage::format::BATCH_BYTES_MAX),
-            queue_bytes_max: (64 << 20usize).max(args.frame_bytes_max as usize),
+            queue_bytes_max: (64 << 20usize).max(args.frame_bytes_max as usize * 2 + 64),
             ..LogConfig::default()
         };
         log.validate().map_err(|e| match e {

@@ -38,6 +38,8 @@ use crate::types::Partition;
 pub const IO_MEMORY_BYTES: usize = 2 << 20;
 /// How long a shutdown waits for open connections to finish their requests.
 pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// How long start-up waits to learn whether a fixed port already has a listener.
+const PORT_PROBE_MS: u64 = 300;
 /// How often each core checks the shutdown flag.
 const SHUTDOWN_POLL_MS: u64 = 20;
 /// The node metadata file.
@@ -448,7 +450,23 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
 fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), String> {
     use socket2::{Domain, Protocol, Socket, Type};
     if addr.port() != 0 {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        // Something already accepting there (another corelog with SO_REUSEPORT would even let
+        // us bind) means the port is taken. A plain bind probe would also trip over this
+        // node's own TIME_WAIT connections after a restart, so probe by connecting instead.
+        let mut probe = addr;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(PORT_PROBE_MS))
+            .is_ok()
+        {
+            return Err(format!(
+                "cannot bind {addr}: address already in use (something accepts connections there)"
+            ));
+        }
     }
     let domain = if addr.is_ipv6() {
         Domain::IPV6
@@ -457,6 +475,8 @@ fn reserve_port(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), Strin
     };
     let reserve = || -> std::io::Result<(Socket, SocketAddr)> {
         let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        // A restart must not wait for the previous run's TIME_WAIT connections.
+        s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         s.bind(&addr.into())?;
         let local = s

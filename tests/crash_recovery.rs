@@ -787,7 +787,7 @@ fn one_segment_config() -> LogConfig {
 /// Alternates between serving recovered data from the tail cache and from disk.
 fn cfg_variant(cfg: &LogConfig, case: usize) -> LogConfig {
     LogConfig {
-        tail_cache_bytes_max: if case % 2 == 0 {
+        tail_cache_bytes_max: if case.is_multiple_of(2) {
             0
         } else {
             cfg.tail_cache_bytes_max

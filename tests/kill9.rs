@@ -308,7 +308,7 @@ impl Key {
     /// Payload bytes: mostly under 1200, one in sixteen past a 4 KiB block.
     fn payload_len(&self) -> usize {
         let m = self.mix().rotate_left(self.record * 7 + 13);
-        if m % 16 == 0 {
+        if m.is_multiple_of(16) {
             4096 + (m >> 8) as usize % 8000
         } else {
             (m >> 8) as usize % 1200

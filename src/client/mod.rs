@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use glommio::sync::Semaphore;
 
 use crate::net::errors::ServerError;
 use crate::net::frame::{FRAME_BYTES_MAX_DEFAULT, Request, Response};
@@ -104,6 +105,8 @@ impl ClientConfig {
 pub struct Client {
     config: ClientConfig,
     connections: RefCell<HashMap<u16, Rc<Connection>>>,
+    /// One connect at a time per core (see [`Client::connection`]).
+    connecting: RefCell<HashMap<u16, Rc<Semaphore>>>,
     /// partition → owner core, from the last Metadata.
     owners: RefCell<HashMap<u32, u16>>,
 }
@@ -114,6 +117,7 @@ impl Client {
         let client = Client {
             config,
             connections: RefCell::new(HashMap::new()),
+            connecting: RefCell::new(HashMap::new()),
             owners: RefCell::new(HashMap::new()),
         };
         client.refresh_metadata().await?;
@@ -211,15 +215,41 @@ impl Client {
     }
 
     /// The connection to `core`, opening it if needed.
+    ///
+    /// Concurrent callers wait for one connect instead of each opening a connection: requests
+    /// sent in order must travel on one connection to be appended in that order. The gate wakes
+    /// its waiters first come, first served, so they send in the order they asked.
     pub async fn connection(&self, core: u16) -> Result<Rc<Connection>, ClientError> {
-        if let Some(c) = self.connections.borrow().get(&core)
-            && !c.is_closed()
-        {
-            return Ok(c.clone());
+        if let Some(c) = self.open_connection(core) {
+            return Ok(c);
+        }
+        let gate = self
+            .connecting
+            .borrow_mut()
+            .entry(core)
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone();
+        let _connecting = gate
+            .acquire_permit(1)
+            .await
+            .map_err(|e| ClientError::Connection {
+                addr: self.config.addr.to_string(),
+                message: format!("connect: {e}"),
+            })?;
+        if let Some(c) = self.open_connection(core) {
+            return Ok(c);
         }
         let conn = Rc::new(Connection::connect(&self.config, core, ConnKind::Client).await?);
         self.connections.borrow_mut().insert(core, conn.clone());
         Ok(conn)
+    }
+
+    fn open_connection(&self, core: u16) -> Option<Rc<Connection>> {
+        self.connections
+            .borrow()
+            .get(&core)
+            .filter(|c| !c.is_closed())
+            .cloned()
     }
 
     fn owner(&self, partition: u32) -> u16 {

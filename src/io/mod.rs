@@ -235,7 +235,7 @@ impl File {
     /// appender's 1 MiB group commits).
     pub fn alloc_unfilled(&self, len: usize) -> WriteBuf {
         assert!(
-            len as u64 % BLOCK_BYTES == 0,
+            (len as u64).is_multiple_of(BLOCK_BYTES),
             "direct-I/O buffer length {len} is not block aligned"
         );
         WriteBuf(self.dma.alloc_dma_buffer(len))
@@ -245,7 +245,7 @@ impl File {
     /// as unknown, exactly like a failed write.
     pub async fn write_at(&self, buf: WriteBuf, pos: u64) -> Result<()> {
         assert!(
-            pos % BLOCK_BYTES == 0,
+            pos.is_multiple_of(BLOCK_BYTES),
             "direct-I/O write position {pos} is not block aligned"
         );
         let len = buf.len();

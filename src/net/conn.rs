@@ -51,6 +51,10 @@ const CONSUME_WAIT_MS_MAX: u32 = 60_000;
 pub const SUBSCRIPTIONS_MAX: usize = 64;
 /// Credits a subscription may hold (events queued ahead of the client).
 const SUBSCRIBE_CREDITS_MAX: u32 = 1024;
+/// Bytes of record-carrying responses (consume, subscribe events) one connection may have
+/// read from the log and not yet written to the socket, in KiB. Bounds a connection's memory
+/// by bytes, not only by request count: a client that never reads stops being served.
+const OUTBOX_KIB_MAX: u64 = 64 * 1024;
 
 /// Serves a connection accepted on, or handed to, this core.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
@@ -90,6 +94,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
         identity,
         kind,
         in_flight: Rc::new(Semaphore::new(shard.node.config.in_flight_max as u64)),
+        outbox_budget: Rc::new(Semaphore::new(OUTBOX_KIB_MAX)),
         outbox: RefCell::new(VecDeque::new()),
         outbox_ready: Event::new(),
         closing: Cell::new(false),
@@ -123,6 +128,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
 struct Outgoing {
     frame: Bytes,
     _permit: Option<StaticPermit>,
+    _budget: Option<StaticPermit>,
 }
 
 struct Connection {
@@ -130,6 +136,8 @@ struct Connection {
     identity: Identity,
     kind: ConnKind,
     in_flight: Rc<Semaphore>,
+    /// KiB of record data queued for the socket (see [`OUTBOX_KIB_MAX`]).
+    outbox_budget: Rc<Semaphore>,
     outbox: RefCell<VecDeque<Outgoing>>,
     outbox_ready: Event,
     /// No more reading; the writer ends once the outbox is empty and requests are done.
@@ -344,6 +352,9 @@ impl Connection {
             return;
         };
         let max_bytes = self.response_bytes_max(req.max_bytes);
+        let Some(budget) = self.reserve_outbox(max_bytes).await else {
+            return;
+        };
         let offset = Offset(req.offset);
         let wait_ms = req.max_wait_ms.min(CONSUME_WAIT_MS_MAX);
         let mut records = log.read_from(offset, max_bytes).await;
@@ -379,10 +390,21 @@ impl Connection {
                     high_watermark: log.durable_offset().get(),
                     log_start_offset: log.lowest_offset().get(),
                 };
-                self.send(corr, Response::Consume(resp), permit);
+                self.send_budgeted(corr, Response::Consume(resp), permit, Some(budget));
             }
             Err(e) => self.storage_error(corr, &e, permit),
         }
+    }
+
+    /// Reserves outbox room for a response of up to `bytes` record bytes; `None` when the
+    /// connection is closing.
+    async fn reserve_outbox(&self, bytes: usize) -> Option<StaticPermit> {
+        let kib = (bytes as u64).div_ceil(1024).clamp(1, OUTBOX_KIB_MAX);
+        self.outbox_budget
+            .clone()
+            .acquire_static_permit(kib)
+            .await
+            .ok()
     }
 
     fn subscribe(self: &Rc<Self>, corr: u32, req: SubscribeRequest, permit: StaticPermit) {
@@ -445,6 +467,9 @@ impl Connection {
                 )
                 .await;
             }
+            let Some(budget) = self.reserve_outbox(max_bytes).await else {
+                return;
+            };
             // Wait for data.
             let mut records = loop {
                 match log.read_from(next, max_bytes).await {
@@ -489,7 +514,7 @@ impl Connection {
                 records: to_wire(records),
                 high_watermark: log.durable_offset().get(),
             };
-            self.send(corr, Response::SubscribeEvent(event), None);
+            self.send_budgeted(corr, Response::SubscribeEvent(event), None, Some(budget));
             self.shard
                 .stats
                 .record_latency_since(Op::Subscribe, Some(partition), start);
@@ -558,11 +583,22 @@ impl Connection {
     }
 
     fn send(&self, corr: u32, response: Response, permit: Option<StaticPermit>) {
+        self.send_budgeted(corr, response, permit, None);
+    }
+
+    fn send_budgeted(
+        &self,
+        corr: u32,
+        response: Response,
+        permit: Option<StaticPermit>,
+        budget: Option<StaticPermit>,
+    ) {
         let mut frame = BytesMut::with_capacity(response.frame_bytes());
         response.encode(corr, &mut frame);
         self.outbox.borrow_mut().push_back(Outgoing {
             frame: frame.freeze(),
             _permit: permit,
+            _budget: budget,
         });
         self.outbox_ready.notify();
     }

@@ -122,8 +122,10 @@ impl Shard {
             let n = self.records_served.get() + 1;
             self.records_served.set(n);
             match fault {
-                ReadFault::DropRecord { every } if n % every == 0 => continue,
-                ReadFault::CorruptRecord { every } if n % every == 0 && !r.value.is_empty() => {
+                ReadFault::DropRecord { every } if n.is_multiple_of(every) => continue,
+                ReadFault::CorruptRecord { every }
+                    if n.is_multiple_of(every) && !r.value.is_empty() =>
+                {
                     let mut v = r.value.to_vec();
                     v[0] ^= 0x5A;
                     r.value = v.into();

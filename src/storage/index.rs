@@ -173,7 +173,7 @@ impl Index {
     /// The partially filled last block, if any (written at seal and close).
     pub fn partial_block(&self) -> Option<(usize, Vec<u8>)> {
         let full = self.entries.len() / ENTRIES_PER_BLOCK;
-        if self.entries.len() % ENTRIES_PER_BLOCK == 0 {
+        if self.entries.len().is_multiple_of(ENTRIES_PER_BLOCK) {
             return None;
         }
         Some((full, self.encode_block(full)))

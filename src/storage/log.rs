@@ -1285,10 +1285,10 @@ async fn flusher(shared: Rc<Shared>) {
             break;
         }
         if retention && last_retention.elapsed() >= retention_every {
-            if let Ok(_permit) = shared.lock().await {
-                if let Err(e) = shared.apply_retention_locked().await {
-                    log::warn!("{}: retention failed: {e}", shared.dir.display());
-                }
+            if let Ok(_permit) = shared.lock().await
+                && let Err(e) = shared.apply_retention_locked().await
+            {
+                log::warn!("{}: retention failed: {e}", shared.dir.display());
             }
             last_retention = Instant::now();
             continue;

@@ -194,10 +194,10 @@ impl Segment {
     /// Rebuilds the index by scanning the whole store, and writes it out (durably).
     pub(crate) async fn rebuild_index(&self, interval_bytes: u64) -> Result<Index> {
         let scan = scan_store(&self.store, 0, self.base, self.end.get(), 0).await?;
-        if let ScanStop::Invalid { position, detail } = &scan.stop {
-            if *position < self.end.get() {
-                return Err(Error::corrupt(&self.store_path, *position, detail.clone()));
-            }
+        if let ScanStop::Invalid { position, detail } = &scan.stop
+            && *position < self.end.get()
+        {
+            return Err(Error::corrupt(&self.store_path, *position, detail.clone()));
         }
         let index = build_index(self.base, &scan.batches, interval_bytes);
         write_index_file(&self.index_file, &index).await?;

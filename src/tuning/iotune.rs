@@ -124,7 +124,8 @@ impl IoProperties {
         let write_bytes = usize::try_from(write_bytes)
             .ok()
             .filter(|b| {
-                (WRITE_BYTES_MIN..=WRITE_BYTES_MAX).contains(b) && *b as u64 % BLOCK_BYTES == 0
+                (WRITE_BYTES_MIN..=WRITE_BYTES_MAX).contains(b)
+                    && (*b as u64).is_multiple_of(BLOCK_BYTES)
             })
             .ok_or_else(|| {
                 format!(

@@ -3,13 +3,15 @@
 //! - [`NodeProcess`]: `corelog serve` (the binary cargo built for this test run) on loopback,
 //!   port 0, with a data directory under `target/`. It is killed with SIGKILL when dropped, so
 //!   a failing test leaves no process behind; on a failing test its stderr is printed.
+//!   [`TestNode`] is one in its own test directory, removed after a passing test.
 //! - The library [`Client`] on a glommio executor ([`super::run`]) for well-behaved traffic,
 //!   with [`produce_values`], [`verify_acked`] and [`assert_still_serves`] to show that nothing
 //!   acknowledged was lost.
 //! - [`RawConn`]: a blocking TCP + preamble + rustls connection (`StreamOwned`) that writes
 //!   arbitrary bytes and decodes response frames with the crate's own `FrameDecoder`, for
 //!   byte-level tests.
-//! - [`http_get`] for the stats endpoint, and [`run_cli`] for the client commands.
+//! - [`http_get`] for the stats endpoint, [`run_cli`] for the client commands, and
+//!   [`wait_until_port_reusable`] for the one test on the fixed default ports.
 //!
 //! Every wait here is bounded in time, every loop in count.
 
@@ -170,7 +172,10 @@ impl NodeProcess {
 
     /// Everything the node printed on stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// kill -9, and reap it.
@@ -351,20 +356,45 @@ pub fn run_cli(args: &[&str], cwd: Option<&Path>, stdin: &str) -> Output {
     }
 }
 
-/// `GET path` over plain HTTP/1.1 with `Connection: close`: the status and the body.
+/// `GET path` over plain HTTP/1.1: the status and the body (read by its `Content-Length`, or
+/// its chunks, or to EOF).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to stats");
     stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send HTTP request");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send HTTP request");
     let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .expect("read HTTP response");
+    let mut chunk = [0u8; 16 << 10];
+    let mut head_end = None;
+    for _ in 0..100_000 {
+        if head_end.is_none() {
+            head_end = response
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|p| p + 4);
+        }
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let complete = match length {
+                Some(length) => response.len() >= end + length,
+                None => response.ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                break;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the HTTP response to GET {path}: {e}"),
+        }
+    }
+    drop(stream);
     let text = String::from_utf8(response).expect("HTTP response is UTF-8");
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP header end");
     let status = head
@@ -372,9 +402,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     let body = if chunked {
         dechunk(body)
     } else {
@@ -397,6 +428,31 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[size + 2..];
     }
     out
+}
+
+/// Fails at once if something listens on local TCP `port` (tests that need the default
+/// ports call it). TIME_WAIT left by an earlier run is fine: the node binds over it
+/// (`serve_restarts_on_the_same_fixed_ports_right_after_a_graceful_shutdown`).
+pub fn wait_until_port_reusable(port: u16) {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let listening = table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields
+            .get(1)
+            .and_then(|f| f.rsplit(':').next())
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        local_port == Some(port) && fields.get(3) == Some(&LISTEN)
+    });
+    assert!(!listening, "something else listens on port {port}");
+}
+
+/// A loopback port that was free a moment ago (for tests that need fixed ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// One acknowledged record: where the node put it and what it holds.
@@ -440,7 +496,10 @@ pub async fn read_partition(client: &Client, partition: u32) -> BTreeMap<u64, By
             next = r.offset + 1;
         }
         if next >= resp.high_watermark {
-            assert_eq!(next, resp.high_watermark, "partition {partition}: read past the end");
+            assert_eq!(
+                next, resp.high_watermark,
+                "partition {partition}: read past the end"
+            );
             return records;
         }
         assert!(
@@ -480,7 +539,9 @@ pub fn assert_still_serves(node: &NodeProcess, acked: &mut Vec<Acked>, tag: &str
     let tag = tag.to_string();
     let before = std::mem::take(acked);
     *acked = super::run(|| async move {
-        let client = Client::connect(config).await.expect("a good client connects");
+        let client = Client::connect(config)
+            .await
+            .expect("a good client connects");
         let mut all = before;
         for p in 0..partitions {
             let value = Bytes::from(format!("{tag}-still-serving-p{p}"));
@@ -559,6 +620,8 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
             Ok(0) => return got,
             Ok(n) => got.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+            // Signals (glommio's, in other test threads) interrupt blocking reads.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => panic!("the server did not close the connection: {e}"),
         }
     }
@@ -592,7 +655,11 @@ impl RawConn {
             if !conn.is_handshaking() {
                 break;
             }
-            conn.complete_io(&mut sock)?;
+            match conn.complete_io(&mut sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         if conn.is_handshaking() {
             return Err(io::Error::other("TLS handshake did not finish"));
@@ -631,13 +698,18 @@ impl RawConn {
     pub fn read_frame(&mut self) -> io::Result<Option<Frame>> {
         let mut chunk = vec![0u8; 64 << 10];
         for _ in 0..100_000 {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).map_err(io::Error::other)? {
+            if let Some(frame) = self
+                .decoder
+                .decode(&mut self.buf)
+                .map_err(io::Error::other)?
+            {
                 return Ok(Some(frame));
             }
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
@@ -658,7 +730,10 @@ impl RawConn {
     pub fn call(&mut self, corr: u32, request: &Request) -> Response {
         self.send(corr, request).expect("send a request");
         let (got, response) = self.recv();
-        assert_eq!(got, corr, "the response carries the request's correlation id");
+        assert_eq!(
+            got, corr,
+            "the response carries the request's correlation id"
+        );
         response
     }
 
@@ -667,7 +742,9 @@ impl RawConn {
         match self.read_frame() {
             Ok(None) => Ending::Closed,
             Ok(Some(frame)) => panic!("expected the connection to end, got {frame:?}"),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
                 panic!("the server kept the connection open past {IO_TIMEOUT:?}")
             }
             Err(e) => Ending::Failed(e),
