@@ -6,12 +6,13 @@
 //!
 //! Method, per row: run the operation in doubling rounds for `WARMUP_MS` (which also estimates
 //! its cost and so sizes a sample), then take `SAMPLES` timed samples of about `SAMPLE_MS` each.
-//! A row reports the median time per operation and the spread: the fastest and the slowest
-//! sample relative to the median. Inputs and results go through `std::hint::black_box`, so the
-//! optimizer can neither precompute the work nor delete it. Operations that consume their input
-//! (the frame decoder takes frames off the read buffer) get a fresh copy of it outside the timed
-//! part. The process is not pinned and the machine may be shared: read the spread before
-//! comparing two rows.
+//! A row reports the median time per operation and the spread: the 10th and 90th percentile
+//! samples relative to the median. The samples of operations compared with each other (an
+//! operation and its baseline) are interleaved, so that load from neighbours hits them alike.
+//! Inputs and results go through `std::hint::black_box`, so the optimizer can neither
+//! precompute the work nor delete it. Operations that consume their input (the frame decoder
+//! takes frames off the read buffer) get a fresh copy of it outside the timed part. The process
+//! is not pinned and the machine may be shared: read the spread before comparing two rows.
 //!
 //! `CORELOG_BENCH_QUICK=1` shortens every row to a few tens of milliseconds.
 
@@ -26,12 +27,14 @@ use corelog::storage::index::{Index, IndexEntry};
 use corelog::types::Offset;
 use rand::{Rng, SeedableRng};
 
-const WARMUP_MS: u64 = 150;
+const WARMUP_MS: u64 = 100;
 const WARMUP_MS_QUICK: u64 = 15;
-const SAMPLE_MS: u64 = 50;
-const SAMPLE_MS_QUICK: u64 = 8;
-const SAMPLES: usize = 11;
-const SAMPLES_QUICK: usize = 5;
+/// Many short samples rather than a few long ones: on a shared machine a sample that the
+/// scheduler interrupts is an outlier the median ignores, where a long sample would absorb it.
+const SAMPLE_MS: u64 = 5;
+const SAMPLE_MS_QUICK: u64 = 2;
+const SAMPLES: usize = 41;
+const SAMPLES_QUICK: usize = 9;
 
 /// Record sizes and records per batch of the batch-codec rows (the shapes `benches/append.rs`
 /// and loadgen use).
@@ -66,7 +69,7 @@ fn main() {
     let started = Instant::now();
     println!(
         "corelog codec microbenchmarks ({}): per row {} ms warm-up, median of {} samples of ~{} ms; \
-         spread = fastest/slowest sample vs the median; GB = 10^9 bytes",
+         spread = p10/p90 sample vs the median; GB = 10^9 bytes",
         if quick { "quick" } else { "full" },
         plan.warmup.as_millis(),
         plan.samples,
@@ -75,11 +78,14 @@ fn main() {
     println!("cpu: {}", cpu_model());
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
 
-    print_header("CRC32C baseline (crc32c::crc32c)");
+    print_header("Baselines: CRC32C (crc32c::crc32c), a zero-copy record handle");
     crc_rows(&plan, &mut rng);
     print_header("Batch codec (storage::format); baseline = bare CRC32C over the batch's bytes");
     batch_rows(&plan, &mut rng);
-    print_header("Frame codec (net::frame); baseline for encode = copying the same bytes");
+    print_header(
+        "Frame codec (net::frame); baselines: encode = copying the same bytes, \
+         decode_request = framing alone",
+    );
     frame_rows(&plan, &mut rng);
     print_header("Segment index lookup (storage::index::Index::lookup), random offsets");
     index_rows(&plan, &mut rng);
@@ -109,8 +115,8 @@ impl Plan {
 #[derive(Copy, Clone, Debug)]
 struct Timing {
     median_ns: f64,
-    min_ns: f64,
-    max_ns: f64,
+    p10_ns: f64,
+    p90_ns: f64,
 }
 
 /// One line of the table.
@@ -137,6 +143,20 @@ fn crc_rows(plan: &Plan, rng: &mut impl Rng) {
             baseline: None,
         });
     }
+    // The floor of every zero-copy record handle (`Records::next`, prost's `bytes` fields): one
+    // atomic increment to make it, one decrement to drop it.
+    let shared = Bytes::from(random_bytes(rng, 2 * SMALL_RECORD_BYTES));
+    let _promoted = shared.clone();
+    let timing = measure(
+        plan,
+        time_each(|| black_box(&shared).slice(SMALL_RECORD_BYTES..).len()),
+    );
+    print_row(&Row {
+        name: "Bytes::slice + drop (one record handle)",
+        bytes: None,
+        timing,
+        baseline: None,
+    });
 }
 
 fn batch_rows(plan: &Plan, rng: &mut impl Rng) {
@@ -156,30 +176,32 @@ fn batch_rows(plan: &Plan, rng: &mut impl Rng) {
             assert_eq!(header.record_count as usize, records);
             let shape = format!("{records} × {}", size_name(record_bytes));
 
-            // The baseline: what the CRC alone costs over this many bytes.
-            let crc = measure(plan, time_each(|| crc32c::crc32c(black_box(&encoded[..]))));
-            let encode = measure(
+            // The baseline first: what the CRC alone costs over this many bytes.
+            let timings = measure_group(
                 plan,
-                time_each(|| {
-                    format::encode_batch(black_box(Offset(1000)), black_box(&values[..]), meta)
-                }),
+                vec![
+                    Box::new(time_each(|| crc32c::crc32c(black_box(&encoded[..])))),
+                    Box::new(time_each(|| {
+                        format::encode_batch(black_box(Offset(1000)), black_box(&values[..]), meta)
+                    })),
+                    Box::new(time_each(|| {
+                        format::validate_batch(black_box(&encoded[..]))
+                    })),
+                    Box::new(time_each(|| {
+                        let batch =
+                            Batch::parse(black_box(encoded.clone())).expect("a valid batch");
+                        let mut value_bytes = 0;
+                        for (offset, value) in batch.records() {
+                            black_box(offset);
+                            value_bytes += black_box(value).len();
+                        }
+                        value_bytes
+                    })),
+                ],
             );
-            let validate = measure(
-                plan,
-                time_each(|| format::validate_batch(black_box(&encoded[..]))),
-            );
-            let parse_iterate = measure(
-                plan,
-                time_each(|| {
-                    let batch = Batch::parse(black_box(encoded.clone())).expect("a valid batch");
-                    let mut value_bytes = 0;
-                    for (offset, value) in batch.records() {
-                        black_box(offset);
-                        value_bytes += black_box(value).len();
-                    }
-                    value_bytes
-                }),
-            );
+            let [crc, encode, validate, parse_iterate] = timings[..] else {
+                unreachable!("four operations were timed");
+            };
             let rows = [
                 (format!("crc32c {shape} ({len} B)"), crc, None),
                 (format!("encode_batch {shape}"), encode, Some(crc)),
@@ -210,39 +232,56 @@ fn frame_rows(plan: &Plan, rng: &mut impl Rng) {
     let small_bytes = small.frame_bytes();
     let small_shape = format!("1 × {}", size_name(SMALL_RECORD_BYTES));
 
+    // Encoding appends to the connection's write buffer, cleared and reused between frames.
     let flat = random_bytes(rng, large_bytes);
-    let mut dst = BytesMut::with_capacity(large_bytes);
-    let copy = measure(
+    let mut copy_dst = BytesMut::with_capacity(large_bytes);
+    let mut encode_dst = BytesMut::with_capacity(large_bytes);
+    let [copy, encode_large] = measure_group(
         plan,
-        time_each(|| {
-            dst.clear();
-            dst.extend_from_slice(black_box(&flat));
-            black_box(dst.len())
-        }),
-    );
-    let encode_large = measure(
-        plan,
-        time_each(|| {
-            dst.clear();
-            black_box(&large).encode(black_box(7), &mut dst);
-            black_box(dst.len())
-        }),
-    );
+        vec![
+            Box::new(time_each(|| {
+                copy_dst.clear();
+                copy_dst.extend_from_slice(black_box(&flat));
+                black_box(copy_dst.len())
+            })),
+            Box::new(time_each(|| {
+                encode_dst.clear();
+                black_box(&large).encode(black_box(7), &mut encode_dst);
+                black_box(encode_dst.len())
+            })),
+        ],
+    )[..] else {
+        unreachable!("two operations were timed");
+    };
     let encode_small = measure(
         plan,
         time_each(|| {
-            dst.clear();
-            black_box(&small).encode(black_box(7), &mut dst);
-            black_box(dst.len())
+            encode_dst.clear();
+            black_box(&small).encode(black_box(7), &mut encode_dst);
+            black_box(encode_dst.len())
         }),
     );
 
     let large_wire = wire(&large, LARGE_FRAMES_PER_BUFFER);
     let small_wire = wire(&small, SMALL_FRAMES_PER_BUFFER);
-    let split_large = measure(plan, decode_frames(&large_wire, false));
-    let decode_large = measure(plan, decode_frames(&large_wire, true));
-    let split_small = measure(plan, decode_frames(&small_wire, false));
-    let decode_small = measure(plan, decode_frames(&small_wire, true));
+    let [split_large, decode_large] = measure_group(
+        plan,
+        vec![
+            Box::new(decode_frames(&large_wire, false)),
+            Box::new(decode_frames(&large_wire, true)),
+        ],
+    )[..] else {
+        unreachable!("two operations were timed");
+    };
+    let [split_small, decode_small] = measure_group(
+        plan,
+        vec![
+            Box::new(decode_frames(&small_wire, false)),
+            Box::new(decode_frames(&small_wire, true)),
+        ],
+    )[..] else {
+        unreachable!("two operations were timed");
+    };
 
     let copy_name = format!("copy of the same bytes ({large_bytes} B)");
     let rows = [
@@ -263,7 +302,7 @@ fn frame_rows(plan: &Plan, rng: &mut impl Rng) {
             format!("  + decode_request {large_shape}"),
             large_bytes,
             decode_large,
-            None,
+            Some(split_large),
         ),
         (
             format!("Request::encode Produce {small_shape}"),
@@ -281,7 +320,7 @@ fn frame_rows(plan: &Plan, rng: &mut impl Rng) {
             format!("  + decode_request {small_shape}, {SMALL_FRAMES_PER_BUFFER}/buf"),
             small_bytes,
             decode_small,
-            None,
+            Some(split_small),
         ),
     ];
     for (name, bytes, timing, baseline) in rows {
@@ -301,32 +340,33 @@ fn index_rows(plan: &Plan, rng: &mut impl Rng) {
         let keys: Vec<Offset> = (0..INDEX_KEYS)
             .map(|_| Offset(rng.random_range(0..end)))
             .collect();
-        let name = count_name(entries);
+        let name = grouped(entries);
 
-        // Independent lookups overlap in the CPU: this is throughput.
-        let mut i = 0;
-        let independent = measure(
-            plan,
-            time_each(|| {
-                i = (i + 1) % INDEX_KEYS;
-                index.lookup(black_box(keys[i])).map(|e| e.position)
-            }),
-        );
-        // Each key depends on the previous result (through a mask that is zero at run time but
+        // Independent lookups overlap in the CPU: this is throughput. In the dependent chain,
+        // each key depends on the previous result (through a mask that is zero at run time but
         // unknown to the compiler), so lookups run one after another: this is latency, what a
         // single read pays.
+        let mut i = 0;
         let zero = black_box(0u64);
         let mut previous = 0u64;
         let mut j = 0;
-        let dependent = measure(
+        let [independent, dependent] = measure_group(
             plan,
-            time_each(|| {
-                j = (j + 1) % INDEX_KEYS;
-                let key = Offset(keys[j].get() ^ (previous & zero));
-                previous = index.lookup(key).map_or(0, |e| e.position);
-                previous
-            }),
-        );
+            vec![
+                Box::new(time_each(|| {
+                    i = (i + 1) % INDEX_KEYS;
+                    index.lookup(black_box(keys[i])).map(|e| e.position)
+                })),
+                Box::new(time_each(|| {
+                    j = (j + 1) % INDEX_KEYS;
+                    let key = Offset(keys[j].get() ^ (previous & zero));
+                    previous = index.lookup(key).map_or(0, |e| e.position);
+                    previous
+                })),
+            ],
+        )[..] else {
+            unreachable!("two operations were timed");
+        };
         print_row(&Row {
             name: &format!("lookup, {name} entries, independent"),
             bytes: None,
@@ -367,8 +407,9 @@ fn wire(request: &Request, frames: usize) -> BytesMut {
         request.encode(correlation_id, &mut buf);
     }
     let mut check = buf.clone();
+    let mut decoder = FrameDecoder::default();
     let mut decoded = 0;
-    while let Some(frame) = FrameDecoder::default().decode(&mut check).expect("valid frames") {
+    while let Some(frame) = decoder.decode(&mut check).expect("valid frames") {
         assert_eq!(decode_request(&frame).expect("a valid request"), *request);
         decoded += 1;
     }
@@ -395,21 +436,50 @@ fn build_index(rng: &mut impl Rng, entries: usize) -> Index {
 // ---------------------------------------------------------------------------------------------
 // The timing loop.
 
-/// Times one operation. `run(n)` performs about `n` operations and returns the time they took
+/// One timing round: `run(n)` performs about `n` operations and returns the time they took
 /// (setup excluded) and how many it really performed.
-fn measure(plan: &Plan, mut run: impl FnMut(u64) -> (Duration, u64)) -> Timing {
-    let per_op = |(spent, done): (Duration, u64)| {
-        assert!(done > 0, "a timing round performed no operation");
-        spent.as_nanos() as f64 / done as f64
-    };
-    // Warm-up: doubling rounds until the warm-up time is spent. The last round is the longest,
-    // so it gives the best estimate of the cost of one operation.
+type Round<'a> = Box<dyn FnMut(u64) -> (Duration, u64) + 'a>;
+
+/// Times one operation.
+fn measure(plan: &Plan, run: impl FnMut(u64) -> (Duration, u64)) -> Timing {
+    measure_group(plan, vec![Box::new(run)])[0]
+}
+
+/// Times operations that are compared with each other (an operation and its baseline). Their
+/// samples are interleaved, so a burst of load from a neighbour slows all of them alike
+/// instead of skewing the ratio.
+fn measure_group(plan: &Plan, mut runs: Vec<Round>) -> Vec<Timing> {
+    let sizes: Vec<u64> = runs.iter_mut().map(|run| round_size(plan, run)).collect();
+    let mut samples = vec![Vec::with_capacity(plan.samples); runs.len()];
+    for _ in 0..plan.samples {
+        for ((run, &n), samples) in runs.iter_mut().zip(&sizes).zip(&mut samples) {
+            samples.push(per_op_ns(run(n)));
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut samples| {
+            samples.sort_by(f64::total_cmp);
+            let quantile = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+            Timing {
+                median_ns: quantile(0.5),
+                p10_ns: quantile(0.1),
+                p90_ns: quantile(0.9),
+            }
+        })
+        .collect()
+}
+
+/// Warms `run` up in doubling rounds until the warm-up time is spent, and returns the number
+/// of operations that fill one sample. The last round is the longest, so it gives the best
+/// estimate of the cost of one operation.
+fn round_size(plan: &Plan, run: &mut Round) -> u64 {
     let warmup_start = Instant::now();
     let mut n = 1;
     let mut estimate_ns;
     loop {
         let round = run(n);
-        estimate_ns = per_op(round);
+        estimate_ns = per_op_ns(round);
         if warmup_start.elapsed() >= plan.warmup {
             break;
         }
@@ -417,14 +487,12 @@ fn measure(plan: &Plan, mut run: impl FnMut(u64) -> (Duration, u64)) -> Timing {
             n *= 2;
         }
     }
-    let n = (plan.sample.as_nanos() as f64 / estimate_ns.max(0.1)).max(1.0) as u64;
-    let mut samples: Vec<f64> = (0..plan.samples).map(|_| per_op(run(n))).collect();
-    samples.sort_by(f64::total_cmp);
-    Timing {
-        median_ns: samples[samples.len() / 2],
-        min_ns: samples[0],
-        max_ns: samples[samples.len() - 1],
-    }
+    (plan.sample.as_nanos() as f64 / estimate_ns.max(0.1)).max(1.0) as u64
+}
+
+fn per_op_ns((spent, done): (Duration, u64)) -> f64 {
+    assert!(done > 0, "a timing round performed no operation");
+    spent.as_nanos() as f64 / done as f64
 }
 
 /// A `measure` round that calls `op` `n` times in a row.
@@ -477,8 +545,8 @@ fn print_row(row: &Row) {
     let t = row.timing;
     let spread = format!(
         "-{:.0}% / +{:.0}%",
-        (1.0 - t.min_ns / t.median_ns) * 100.0,
-        (t.max_ns / t.median_ns - 1.0) * 100.0
+        (1.0 - t.p10_ns / t.median_ns) * 100.0,
+        (t.p90_ns / t.median_ns - 1.0) * 100.0
     );
     let gbps = row
         .bytes
@@ -490,13 +558,13 @@ fn print_row(row: &Row) {
         )
     });
     println!(
-        "{:<46} {:>9} {:>11} {:>15} {:>8} {:>9.2} {:>11} {:>7}",
+        "{:<46} {:>9} {:>11} {:>15} {:>8} {:>9} {:>11} {:>7}",
         row.name,
         row.bytes.map_or("-".into(), grouped),
         ns_text(t.median_ns),
         spread,
         gbps,
-        1e3 / t.median_ns,
+        rate_text(1e3 / t.median_ns),
         baseline_ns,
         ratio,
     );
@@ -510,32 +578,31 @@ fn ns_text(ns: f64) -> String {
     }
 }
 
+/// Millions of operations per second, with three significant digits down to 0.001.
+fn rate_text(mops: f64) -> String {
+    match mops {
+        m if m >= 10.0 => format!("{m:.1}"),
+        m if m >= 1.0 => format!("{m:.2}"),
+        m => format!("{m:.3}"),
+    }
+}
+
 /// `1234567` as `1,234,567`.
 fn grouped(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    let reversed: Vec<char> = n.to_string().chars().rev().collect();
+    let groups: Vec<String> = reversed
+        .chunks(3)
+        .rev()
+        .map(|group| group.iter().rev().collect())
+        .collect();
+    groups.join(",")
 }
 
 fn size_name(bytes: usize) -> String {
     match bytes {
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b if b >= 1 << 20 && b.trailing_zeros() >= 20 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b.trailing_zeros() >= 10 => format!("{} KiB", b >> 10),
         b => format!("{b} B"),
-    }
-}
-
-fn count_name(n: usize) -> String {
-    match n {
-        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
-        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
-        n => n.to_string(),
     }
 }
 

@@ -1,0 +1,299 @@
+//! A load run from start to end, on the main thread: ask each node for its partitions, build
+//! the [`Plan`], start one pinned glommio executor per CPU (`load.rs`), start them all at
+//! once, print a progress line a second, then merge the cores' results and judge what the
+//! consumers saw against what the producers had acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use corelog::client::{Client, ClientConfig};
+use corelog::proto::MetadataResponse;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::args::{From, RunConfig};
+use crate::load::{self, CoreReport, Tick};
+use crate::plan::{Plan, Shared, Target, Timeline};
+use crate::report::{self, Progress, Report};
+use crate::stats::Measures;
+use crate::verify::{self, Acked, Violations};
+
+/// Registered I/O memory per executor: loadgen does no file I/O, only sockets.
+const IO_MEMORY_BYTES: usize = 1 << 20;
+/// How long the cores may take to connect before the run gives up.
+const SETUP_TIMEOUT_MS: u64 = 30_000;
+/// Time between the last core being ready and the start, so every core sees it coming.
+const START_DELAY_MS: u64 = 20;
+/// How long after a whole second the progress line waits for every core's tick.
+const TICK_GRACE_MS: u64 = 500;
+/// How often the main thread looks for ticks and finished cores.
+const TICK_WAIT_MS: u64 = 100;
+
+/// Why a run could not be carried out (exit code 2).
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+/// Runs the load described by `config`; returns the report (its `exit_code` says how it went).
+pub fn run(config: RunConfig) -> Result<Report, SetupError> {
+    let epoch = Instant::now();
+    corelog::io::ensure_memlock(corelog::io::memlock_bytes_wanted(
+        config.cpus.len(),
+        IO_MEMORY_BYTES,
+    ))
+    .map_err(SetupError)?;
+    let metas = discover(&config)?;
+    let targets = build_targets(&config, &metas)?;
+    let producers = config.producers.unwrap_or(targets.len() as u32);
+    let consumers = config.consumers.unwrap_or(targets.len() as u32);
+    let plan = Arc::new(Plan::new(
+        rand::random(),
+        targets,
+        config.cpus.len(),
+        producers,
+        consumers,
+    ));
+    let shared = Arc::new(Shared::new(&plan));
+    let config = Arc::new(config);
+    let (tx, rx) = mpsc::channel::<Tick>();
+    let mut handles = Vec::new();
+    for (index, &cpu) in config.cpus.iter().enumerate() {
+        let (config, plan, core_shared, tx) =
+            (config.clone(), plan.clone(), shared.clone(), tx.clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name("loadgen")
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let result = load::run_core(index, config, plan, core_shared.clone(), tx).await;
+                core_shared.finished.fetch_add(1, Ordering::SeqCst);
+                result
+            });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                shared.fail_setup(format!("cannot start an executor on CPU {cpu}: {e}"));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let cores = config.cpus.len();
+    wait_until_ready(&shared, cores);
+    if shared.aborted() {
+        for h in handles {
+            let _ = h.join();
+        }
+        let why = shared
+            .setup_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| "setup failed".into());
+        return Err(SetupError(why));
+    }
+    let timeline = Timeline::new(
+        epoch,
+        Instant::now() + Duration::from_millis(START_DELAY_MS),
+        config.warmup,
+        config.duration,
+    );
+    let _ = shared.timeline.set(timeline);
+    println!("{}", report::banner(&config, &plan));
+    show_progress(&config, &timeline, &shared, &rx, cores);
+    let mut reports = Vec::new();
+    for (core, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(r)) => reports.push(r),
+            Ok(Err(e)) => return Err(SetupError(format!("core {core}: {e}"))),
+            Err(e) => return Err(SetupError(format!("core {core} failed: {e}"))),
+        }
+    }
+    Ok(finish(&config, &plan, &timeline, reports))
+}
+
+/// Asks every node for its partitions, on a short-lived executor of its own.
+fn discover(config: &RunConfig) -> Result<Vec<MetadataResponse>, SetupError> {
+    let addrs = config.addr.clone();
+    let (tls_dir, tls_name) = (config.tls_dir.clone(), config.tls_name.clone());
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("loadgen-discover")
+        .io_memory(IO_MEMORY_BYTES)
+        .spawn(move || async move {
+            let mut metas = Vec::new();
+            for addr in addrs {
+                let client_config = ClientConfig::new(addr, &tls_dir, &tls_name).map_err(|e| {
+                    format!(
+                        "TLS material in {} (--tls-dir/--tls-name): {e}",
+                        tls_dir.display()
+                    )
+                })?;
+                let client = Client::connect(client_config).await.map_err(|e| {
+                    format!("cannot reach the node at {addr} (is `corelog serve` running?): {e}")
+                })?;
+                metas.push(
+                    client
+                        .metadata()
+                        .await
+                        .map_err(|e| format!("metadata from {addr}: {e}"))?,
+                );
+            }
+            Ok::<_, String>(metas)
+        })
+        .map_err(|e| SetupError(format!("cannot start an executor: {e}")))?;
+    match handle.join() {
+        Ok(r) => r.map_err(SetupError),
+        Err(e) => Err(SetupError(format!("discovery failed: {e}"))),
+    }
+}
+
+/// The partitions under load, with where consumers start.
+fn build_targets(
+    config: &RunConfig,
+    metas: &[MetadataResponse],
+) -> Result<Vec<Target>, SetupError> {
+    let mut targets = Vec::new();
+    for (node, (addr, meta)) in config.addr.iter().zip(metas).enumerate() {
+        let wanted: Vec<u32> = match &config.partitions {
+            Some(list) => list.clone(),
+            None => meta.partitions.iter().map(|p| p.partition).collect(),
+        };
+        for partition in wanted {
+            let Some(info) = meta.partitions.iter().find(|p| p.partition == partition) else {
+                let have: Vec<u32> = meta.partitions.iter().map(|p| p.partition).collect();
+                return Err(SetupError(format!(
+                    "--partitions: {addr} has no partition {partition} (it has {have:?})"
+                )));
+            };
+            let (low, high) = (info.log_start_offset, info.high_watermark);
+            let start_offset = match config.from {
+                From::End => high,
+                From::Start => low,
+                From::Offset(o) if (low..=high).contains(&o) => o,
+                From::Offset(o) => {
+                    return Err(SetupError(format!(
+                        "--from {o}: partition {partition} of {addr} holds offsets {low}..{high}"
+                    )));
+                }
+            };
+            targets.push(Target {
+                node,
+                addr: *addr,
+                partition,
+                start_offset,
+                end_offset_at_start: high,
+            });
+        }
+    }
+    if targets.is_empty() {
+        return Err(SetupError("the node has no partitions to load".into()));
+    }
+    Ok(targets)
+}
+
+fn wait_until_ready(shared: &Shared, cores: usize) {
+    let deadline = Instant::now() + Duration::from_millis(SETUP_TIMEOUT_MS);
+    while shared.ready.load(Ordering::SeqCst) < cores && !shared.aborted() {
+        if Instant::now() >= deadline {
+            shared.fail_setup(format!(
+                "the cores did not connect within {} s",
+                SETUP_TIMEOUT_MS / 1000
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Prints a line per second until every core has finished.
+fn show_progress(
+    config: &RunConfig,
+    timeline: &Timeline,
+    shared: &Shared,
+    rx: &Receiver<Tick>,
+    cores: usize,
+) {
+    let mut progress = Progress::new(config.warmup);
+    let mut pending: BTreeMap<u64, (usize, Measures)> = BTreeMap::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(TICK_WAIT_MS)) {
+            Ok(tick) => {
+                let slot = pending
+                    .entry(tick.second)
+                    .or_insert_with(|| (0, Measures::default()));
+                slot.0 += 1;
+                slot.1.merge(&tick.measures);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        // Seconds in order, once every core's tick is in (or it is too late to wait).
+        while let Some((&second, &(count, _))) = pending.first_key_value() {
+            let stale = Instant::now()
+                >= timeline.start
+                    + Duration::from_secs(second)
+                    + Duration::from_millis(TICK_GRACE_MS);
+            if count < cores && !stale {
+                break;
+            }
+            if let Some((_, m)) = pending.remove(&second) {
+                println!("{}", progress.line(second, &m));
+            }
+        }
+        if shared.finished.load(Ordering::SeqCst) >= cores {
+            break;
+        }
+    }
+}
+
+/// Merges the cores' results, runs the final check, and builds the report.
+fn finish(
+    config: &RunConfig,
+    plan: &Plan,
+    timeline: &Timeline,
+    reports: Vec<CoreReport>,
+) -> Report {
+    let mut window = Measures::default();
+    let mut violations = Violations::default();
+    let mut acked: HashMap<u32, Acked> = HashMap::new();
+    let mut producers = Vec::new();
+    let mut consumers = Vec::new();
+    let mut sched = load::Sched::default();
+    for r in reports {
+        if let Some(s) = r.sched {
+            sched.run_s += s.run_s;
+            sched.runqueue_wait_s += s.runqueue_wait_s;
+        }
+        window.merge(&r.window);
+        violations.merge(r.violations);
+        producers.extend(r.producers);
+        consumers.extend(r.consumers);
+    }
+    for p in &producers {
+        acked.insert(
+            p.id,
+            Acked {
+                sent: p.sent,
+                failed: p.failed.clone(),
+            },
+        );
+    }
+    for c in &consumers {
+        verify::final_check(&c.verifier, &acked, c.drained, &mut violations);
+    }
+    // With no producers, consumers that reached the end early end the window early.
+    let mut window_end = timeline.measure_end;
+    if plan.producers.is_empty()
+        && consumers.iter().all(|c| c.drained)
+        && let Some(last) = consumers.iter().map(|c| c.finished_at).max()
+    {
+        window_end = window_end.min(last.max(timeline.warm_end));
+    }
+    let measured = window_end.saturating_duration_since(timeline.warm_end);
+    let mut report = report::build(
+        config, plan, measured, &window, violations, &producers, &consumers,
+    );
+    report.loadgen_cores_run_s = sched.run_s;
+    report.loadgen_cores_runqueue_wait_s = sched.runqueue_wait_s;
+    report
+}
