@@ -6,7 +6,8 @@
 //! Why these tests live in the root package: here Cargo hands us the node binary
 //! (`CARGO_BIN_EXE_corelog`), fresh, built with the same profile. loadgen is another package,
 //! so its binary is built on demand into the same target directory (`cargo build -p loadgen`,
-//! a no-op when up to date; Cargo releases its build lock before running tests). Its
+//! a no-op when up to date — as it is under `cargo test --workspace`, where loadgen's own
+//! integration test has Cargo build it; Cargo releases its build lock before running tests). Its
 //! environment is cleaned of the variables Cargo sets for *this* crate, or the nested Cargo
 //! would see other values than a normal build and rebuild dependencies whose build scripts
 //! watch them.

@@ -240,7 +240,8 @@ async fn connect(index: usize, config: &RunConfig, plan: &Plan) -> Result<Vec<Rc
         let mut client_config = ClientConfig::new(*addr, &config.tls_dir, &config.tls_name)
             .map_err(|e| {
                 format!(
-                    "TLS material in {} (--tls-dir/--tls-name): {e}",
+                    "TLS material in {} (start the dev node with `corelog serve`, which creates \
+                     it, or give --tls-dir/--tls-name): {e}",
                     config.tls_dir.display()
                 )
             })?;
@@ -411,10 +412,13 @@ async fn run_producer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> Prod
         acked_records: 0,
         acked_end: None,
     }));
+    // Producers' schedules are spread evenly over one interval, so they do not all send at
+    // the same instants.
+    let phase = f64::from(a.id) / producers;
     let mut seq = 0u64;
     let mut unsent_scheduled = 0u64;
     for k in 0u64.. {
-        let scheduled = interval.map(|iv| tl.start + iv.mul_f64(k as f64));
+        let scheduled = interval.map(|iv| tl.start + iv.mul_f64(k as f64 + phase));
         if let Some(s) = scheduled {
             if s >= tl.measure_end {
                 break;

@@ -124,7 +124,8 @@ fn discover(config: &RunConfig) -> Result<Vec<MetadataResponse>, SetupError> {
             for addr in addrs {
                 let client_config = ClientConfig::new(addr, &tls_dir, &tls_name).map_err(|e| {
                     format!(
-                        "TLS material in {} (--tls-dir/--tls-name): {e}",
+                        "TLS material in {} (start the dev node with `corelog serve`, which creates \
+                     it, or give --tls-dir/--tls-name): {e}",
                         tls_dir.display()
                     )
                 })?;
