@@ -518,6 +518,9 @@ impl Connection {
             self.shard
                 .stats
                 .record_latency_since(Op::Subscribe, Some(partition), start);
+            // Cached data can feed events back to back without an await that yields: let the
+            // core's other tasks (acks, other connections) run between events.
+            glommio::yield_if_needed().await;
         }
     }
 
