@@ -3,7 +3,8 @@
 //! The reader decodes frames in order and admits at most `in_flight_max` requests at once
 //! (a permit per request, returned once its response is written). A client that stops
 //! reading responses therefore stops being read from: buffered memory stays bounded by
-//! `in_flight_max` responses. Produce requests are *submitted* to the log in read order (their
+//! `in_flight_max` responses, and record-carrying responses (consume, subscribe events) also
+//! share a per-connection byte budget (`OUTBOX_KIB_MAX`), reserved before the log is read. Produce requests are *submitted* to the log in read order (their
 //! offsets are assigned before the next frame is read), so a connection's produces to one
 //! partition keep their order; their acks are awaited concurrently.
 //!
