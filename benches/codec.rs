@@ -25,7 +25,7 @@ use corelog::proto::ProduceRequest;
 use corelog::storage::format::{self, Batch, BatchMeta};
 use corelog::storage::index::{Index, IndexEntry};
 use corelog::types::Offset;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const WARMUP_MS: u64 = 100;
 const WARMUP_MS_QUICK: u64 = 15;
@@ -132,7 +132,7 @@ struct Row<'a> {
 // ---------------------------------------------------------------------------------------------
 // The rows.
 
-fn crc_rows(plan: &Plan, rng: &mut impl Rng) {
+fn crc_rows(plan: &Plan, rng: &mut impl RngExt) {
     for len in CRC_BUFFER_BYTES {
         let buf = random_bytes(rng, len);
         let timing = measure(plan, time_each(|| crc32c::crc32c(black_box(&buf))));
@@ -159,7 +159,7 @@ fn crc_rows(plan: &Plan, rng: &mut impl Rng) {
     });
 }
 
-fn batch_rows(plan: &Plan, rng: &mut impl Rng) {
+fn batch_rows(plan: &Plan, rng: &mut impl RngExt) {
     let meta = BatchMeta {
         timestamp_ms: 1_700_000_000_000,
         term: 3,
@@ -224,7 +224,7 @@ fn batch_rows(plan: &Plan, rng: &mut impl Rng) {
     }
 }
 
-fn frame_rows(plan: &Plan, rng: &mut impl Rng) {
+fn frame_rows(plan: &Plan, rng: &mut impl RngExt) {
     let large = produce(rng, FRAME_RECORDS, FRAME_RECORD_BYTES);
     let large_bytes = large.frame_bytes();
     let large_shape = format!("{FRAME_RECORDS} × {}", size_name(FRAME_RECORD_BYTES));
@@ -333,7 +333,7 @@ fn frame_rows(plan: &Plan, rng: &mut impl Rng) {
     }
 }
 
-fn index_rows(plan: &Plan, rng: &mut impl Rng) {
+fn index_rows(plan: &Plan, rng: &mut impl RngExt) {
     for entries in INDEX_ENTRIES {
         let index = build_index(rng, entries);
         let end = index.last().expect("a non-empty index").offset.get() + INDEX_OFFSET_GAP_MAX;
@@ -385,13 +385,13 @@ fn index_rows(plan: &Plan, rng: &mut impl Rng) {
 // ---------------------------------------------------------------------------------------------
 // Inputs.
 
-fn random_bytes(rng: &mut impl Rng, len: usize) -> Vec<u8> {
+fn random_bytes(rng: &mut impl RngExt, len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
     rng.fill(&mut bytes[..]);
     bytes
 }
 
-fn produce(rng: &mut impl Rng, records: usize, record_bytes: usize) -> Request {
+fn produce(rng: &mut impl RngExt, records: usize, record_bytes: usize) -> Request {
     Request::Produce(ProduceRequest {
         partition: 3,
         records: (0..records)
@@ -419,7 +419,7 @@ fn wire(request: &Request, frames: usize) -> BytesMut {
 
 /// An index of `entries` batches: offsets advance by 1..=`INDEX_OFFSET_GAP_MAX` records, store
 /// positions by one 4 KiB index interval each.
-fn build_index(rng: &mut impl Rng, entries: usize) -> Index {
+fn build_index(rng: &mut impl RngExt, entries: usize) -> Index {
     let mut index = Index::new(Offset(0));
     let mut offset = 0;
     for i in 0..entries as u64 {

@@ -22,7 +22,7 @@ use corelog::storage::index::Index;
 use corelog::storage::{Log, LogConfig};
 use corelog::{Error, Offset};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const BLOCK_BYTES: u64 = 4096;
 /// Read size when walking a whole log.
@@ -109,7 +109,24 @@ fn bit_flip_in_the_active_segments_tail_cuts_the_log_at_the_damaged_batch() {
     let _cleanup = RemoveOnSuccess(dir.clone());
     run(|| async move {
         let cfg = one_segment_config();
-        let fixture = Fixture::build(&dir.join("pristine"), &cfg, &mut rng).await;
+        // Random batch sizes decide where the last index entry falls; rebuild (bounded) until
+        // several batches follow it, so every seed tests the scan.
+        let mut attempts = 0;
+        let fixture = loop {
+            attempts += 1;
+            let pristine = dir.join("pristine");
+            let _ = std::fs::remove_dir_all(&pristine);
+            let fixture = Fixture::build(&pristine, &cfg, &mut rng).await;
+            let active = fixture.active_store();
+            let last_entry = fixture.last_index_position(active);
+            let after = fixture
+                .in_segment(active)
+                .filter(|b| b.position >= last_entry)
+                .count();
+            if after >= 3 || attempts == 20 {
+                break fixture;
+            }
+        };
         let active = fixture.active_store();
         let data_end = fixture.data_end(active);
         let last_entry = fixture.last_index_position(active);

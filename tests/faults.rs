@@ -23,7 +23,7 @@ use corelog::storage::{Log, LogConfig};
 use corelog::{Error, Offset};
 use futures_lite::future::zip;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 /// Fault model: the single store write of one group commit fails with EIO; the disk is healthy
 /// before and after.

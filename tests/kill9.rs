@@ -22,7 +22,7 @@ use common::{RemoveOnSuccess, run, test_dir};
 use corelog::Offset;
 use corelog::storage::{Log, LogConfig};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 /// Names the child's data directory; without it `child_appender` does nothing.
 const DIR_ENV: &str = "CORELOG_KILL9_DIR";

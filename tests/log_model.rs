@@ -8,7 +8,7 @@ use common::{run, test_dir};
 use corelog::storage::{Log, LogConfig};
 use corelog::{Error, Offset};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 /// What the log must hold: records from `lowest` on, and where batches end.
 struct Model {

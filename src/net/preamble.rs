@@ -111,7 +111,7 @@ impl Preamble {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
 
     #[test]
     fn client_preamble_has_the_documented_bytes() {

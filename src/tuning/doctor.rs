@@ -21,8 +21,8 @@ use crate::io::{self, ResourceLimit};
 /// glommio needs io_uring features of Linux 5.8.
 const KERNEL_VERSION_MIN: (u32, u32) = (5, 8);
 /// Open files wanted: every connection the node admits by default, plus segment files, with
-/// room to spare.
-const OPEN_FILES_WANTED: u64 = 65_536;
+/// room to spare. `tuning/corelog.service` and `tuning/limits.d/corelog.conf` grant at least this.
+pub const OPEN_FILES_WANTED: u64 = 65_536;
 /// Below this the node cannot hold its default connections and segment files.
 const OPEN_FILES_MIN: u64 = crate::config::CONNECTIONS_MAX_DEFAULT as u64 + 1024;
 /// Free space below this cannot hold one default segment plus its pre-allocation: FAIL.
@@ -305,24 +305,86 @@ fn check_memlock(cores: usize) -> Check {
     }
 }
 
-/// Filesystem `f_type` values (linux/magic.h).
+/// Filesystem magic numbers, `statfs` `f_type` (linux/magic.h).
 mod magic {
-    pub const EXT4: i64 = 0xEF53;
-    pub const XFS: i64 = 0x5846_5342;
-    pub const BTRFS: i64 = 0x9123_683E;
-    pub const TMPFS: i64 = 0x0102_1994;
-    pub const RAMFS: i64 = 0x8584_58f6;
-    pub const OVERLAY: i64 = 0x794c_7630;
-    pub const NFS: i64 = 0x6969;
-    pub const SMB: i64 = 0x517B;
-    pub const CIFS: i64 = 0xFF53_4D42;
-    pub const SMB2: i64 = 0xFE53_4D42;
-    pub const FUSE: i64 = 0x6573_5546;
-    pub const ZFS: i64 = 0x2FC1_2FC1;
+    pub const EXT4: u32 = 0xEF53;
+    pub const XFS: u32 = 0x5846_5342;
+    pub const BTRFS: u32 = 0x9123_683E;
+    pub const TMPFS: u32 = 0x0102_1994;
+    pub const RAMFS: u32 = 0x8584_58F6;
+    pub const OVERLAY: u32 = 0x794C_7630;
+    pub const NFS: u32 = 0x6969;
+    pub const SMB: u32 = 0x517B;
+    pub const CIFS: u32 = 0xFF53_4D42;
+    pub const SMB2: u32 = 0xFE53_4D42;
+    pub const FUSE: u32 = 0x6573_5546;
+    pub const ZFS: u32 = 0x2FC1_2FC1;
 }
 
-fn filesystem_name(fs: i64) -> Option<&'static str> {
-    Some(match fs {
+/// What the log can expect of the filesystem under its data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilesystemClass {
+    /// ext4, xfs: a local disk with O_DIRECT, what corelog is tested on.
+    Tested,
+    /// tmpfs, ramfs: memory; nothing survives a reboot.
+    Memory,
+    /// overlay: a container's copy-on-write layer, lost with the container.
+    ContainerLayer,
+    /// NFS, SMB/CIFS, FUSE: `fdatasync` and O_DIRECT do not mean what the log relies on.
+    Remote,
+    /// btrfs, zfs, and any filesystem not named here: may work, not tested.
+    Untested,
+}
+
+impl FilesystemClass {
+    /// Classifies a `statfs` `f_type`. The magic is 32 bits; the field is a signed word whose
+    /// width depends on the ABI, so a magic above `0x7fff_ffff` may arrive sign-extended: only
+    /// the low 32 bits are compared.
+    pub fn of(f_type: i64) -> FilesystemClass {
+        match f_type as u32 {
+            magic::EXT4 | magic::XFS => FilesystemClass::Tested,
+            magic::TMPFS | magic::RAMFS => FilesystemClass::Memory,
+            magic::OVERLAY => FilesystemClass::ContainerLayer,
+            magic::NFS | magic::SMB | magic::CIFS | magic::SMB2 | magic::FUSE => {
+                FilesystemClass::Remote
+            }
+            _ => FilesystemClass::Untested,
+        }
+    }
+
+    /// The verdict: only a tested local filesystem passes; one the log cannot be durable on
+    /// fails; the rest warn.
+    pub fn status(self) -> Status {
+        match self {
+            FilesystemClass::Tested => Status::Pass,
+            FilesystemClass::Memory | FilesystemClass::ContainerLayer | FilesystemClass::Remote => {
+                Status::Fail
+            }
+            FilesystemClass::Untested => Status::Warn,
+        }
+    }
+
+    fn meaning(self) -> &'static str {
+        match self {
+            FilesystemClass::Tested => "a local filesystem with O_DIRECT",
+            FilesystemClass::Memory => {
+                "memory, not disk: nothing survives a reboot, and serve refuses it"
+            }
+            FilesystemClass::ContainerLayer => {
+                "a container's copy-on-write layer: slow, and lost with the container"
+            }
+            FilesystemClass::Remote => {
+                "a network or user-space filesystem: fdatasync and O_DIRECT are not what the log \
+                 relies on"
+            }
+            FilesystemClass::Untested => "not tested with corelog (ext4 and xfs are)",
+        }
+    }
+}
+
+/// The filesystem's name for a `statfs` `f_type`, if it is one this module knows.
+pub fn filesystem_name(f_type: i64) -> Option<&'static str> {
+    Some(match f_type as u32 {
         magic::EXT4 => "ext4",
         magic::XFS => "xfs",
         magic::BTRFS => "btrfs",
@@ -337,13 +399,42 @@ fn filesystem_name(fs: i64) -> Option<&'static str> {
     })
 }
 
-/// The filesystem, O_DIRECT, device and free-space checks of the data directory.
-fn check_data_dir(dir: &Path) -> Vec<Check> {
-    let move_fix = format!(
+/// The `filesystem` line of the report for `dir` on a filesystem of type `f_type`. Pure (no
+/// I/O), so every verdict is tested without mounting anything.
+pub fn filesystem_check(dir: &Path, f_type: i64) -> Check {
+    let class = FilesystemClass::of(f_type);
+    let found = format!(
+        "{} is on {}",
+        dir.display(),
+        filesystem_name(f_type).map_or(format!("filesystem type {f_type:#x}"), str::to_string)
+    );
+    match class.status() {
+        Status::Pass => Check::pass("filesystem", found, class.meaning()),
+        status => {
+            let fix = if class == FilesystemClass::ContainerLayer {
+                format!(
+                    "docker run -v /var/lib/corelog:/var/lib/corelog ...   # then {}",
+                    move_fix(dir)
+                )
+            } else {
+                move_fix(dir)
+            };
+            Check::bad(status, "filesystem", found, class.meaning(), fix)
+        }
+    }
+}
+
+/// The fix for a data directory the log cannot (or should not) use: another directory.
+fn move_fix(dir: &Path) -> String {
+    format!(
         "mkdir -p /var/lib/corelog && corelog serve --data-dir /var/lib/corelog   \
          # a directory on a local ext4/xfs disk, instead of {}",
         dir.display()
-    );
+    )
+}
+
+/// The filesystem, O_DIRECT, device and free-space checks of the data directory.
+fn check_data_dir(dir: &Path) -> Vec<Check> {
     if let Err(e) = std::fs::create_dir_all(dir) {
         return vec![Check::bad(
             Status::Fail,
@@ -354,57 +445,17 @@ fn check_data_dir(dir: &Path) -> Vec<Check> {
         )];
     }
     let mut checks = Vec::new();
-    let fs = match io::filesystem_magic(dir) {
-        Ok(fs) => fs,
+    let fs_check = match io::filesystem_magic(dir) {
+        Ok(f_type) => filesystem_check(dir, f_type),
         Err(e) => {
             return vec![Check::bad(
                 Status::Fail,
                 "filesystem",
                 e.to_string(),
                 "cannot tell where the data would live",
-                move_fix,
+                move_fix(dir),
             )];
         }
-    };
-    let name = filesystem_name(fs);
-    let found = format!(
-        "{} is on {}",
-        dir.display(),
-        name.map_or(format!("filesystem type {fs:#x}"), str::to_string)
-    );
-    let fs_check = match fs {
-        magic::EXT4 | magic::XFS => {
-            Check::pass("filesystem", found, "a local filesystem with O_DIRECT")
-        }
-        magic::TMPFS | magic::RAMFS => Check::bad(
-            Status::Fail,
-            "filesystem",
-            found,
-            "memory, not disk: nothing survives a reboot, and serve refuses it",
-            move_fix.clone(),
-        ),
-        magic::OVERLAY => Check::bad(
-            Status::Fail,
-            "filesystem",
-            found,
-            "a container's copy-on-write layer: slow, and lost with the container",
-            format!("docker run -v /var/lib/corelog:/var/lib/corelog ...   # then {move_fix}"),
-        ),
-        magic::NFS | magic::SMB | magic::CIFS | magic::SMB2 | magic::FUSE => Check::bad(
-            Status::Fail,
-            "filesystem",
-            found,
-            "a network or user-space filesystem: fdatasync and O_DIRECT are not what the log \
-             relies on",
-            move_fix.clone(),
-        ),
-        _ => Check::bad(
-            Status::Warn,
-            "filesystem",
-            found,
-            "not tested with corelog (ext4 and xfs are)",
-            move_fix.clone(),
-        ),
     };
     let unusable = fs_check.status == Status::Fail;
     checks.push(fs_check);
@@ -419,7 +470,7 @@ fn check_data_dir(dir: &Path) -> Vec<Check> {
             "o_direct",
             format!("a 4 KiB O_DIRECT write failed: {e}"),
             "the log cannot write here",
-            move_fix.clone(),
+            move_fix(dir),
         ),
     });
     if !unusable {
@@ -721,5 +772,115 @@ fn check_open_files() -> Check {
             "unknown descriptor budget",
             fix,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `statfs` magic numbers as linux/magic.h spells them, written out again here so a typo in
+    /// the `magic` module cannot agree with itself.
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    const OVERLAY: i64 = 0x794C_7630;
+    const NFS: i64 = 0x6969;
+
+    fn verdict(f_type: i64) -> (Status, Check) {
+        let check = filesystem_check(Path::new("/srv/corelog"), f_type);
+        (check.status, check)
+    }
+
+    #[test]
+    fn filesystem_ext4_and_xfs_pass_without_a_fix() {
+        for (f_type, name) in [(EXT4, "ext4"), (XFS, "xfs")] {
+            assert_eq!(FilesystemClass::of(f_type), FilesystemClass::Tested);
+            let (status, check) = verdict(f_type);
+            assert_eq!(status, Status::Pass, "{name}");
+            assert_eq!(check.name, "filesystem");
+            assert!(check.found.contains(name), "{check:?}");
+            assert!(check.fix.is_none(), "{check:?}");
+        }
+    }
+
+    #[test]
+    fn filesystem_tmpfs_fails_as_memory() {
+        assert_eq!(FilesystemClass::of(TMPFS), FilesystemClass::Memory);
+        let (status, check) = verdict(TMPFS);
+        assert_eq!(status, Status::Fail);
+        assert!(check.found.contains("tmpfs"), "{check:?}");
+        assert!(check.meaning.contains("memory"), "{check:?}");
+        assert!(check.fix.unwrap().contains("/srv/corelog"));
+    }
+
+    #[test]
+    fn filesystem_overlay_fails_as_a_container_layer() {
+        assert_eq!(
+            FilesystemClass::of(OVERLAY),
+            FilesystemClass::ContainerLayer
+        );
+        let (status, check) = verdict(OVERLAY);
+        assert_eq!(status, Status::Fail);
+        assert!(check.found.contains("overlay"), "{check:?}");
+        // The fix for a container is a volume on the host's disk.
+        assert!(check.fix.unwrap().contains("docker run -v"));
+    }
+
+    #[test]
+    fn filesystem_nfs_and_other_remote_filesystems_fail() {
+        let cifs: i64 = 0xFF53_4D42;
+        let smb2: i64 = 0xFE53_4D42;
+        let fuse: i64 = 0x6573_5546;
+        for f_type in [NFS, 0x517B, cifs, smb2, fuse] {
+            assert_eq!(
+                FilesystemClass::of(f_type),
+                FilesystemClass::Remote,
+                "{f_type:#x}"
+            );
+            let (status, check) = verdict(f_type);
+            assert_eq!(status, Status::Fail, "{check:?}");
+            assert!(check.fix.is_some(), "{check:?}");
+        }
+        assert!(verdict(NFS).1.found.contains("nfs"));
+    }
+
+    #[test]
+    fn filesystem_btrfs_and_unknown_types_warn() {
+        let (status, check) = verdict(BTRFS);
+        assert_eq!(status, Status::Warn);
+        assert!(check.found.contains("btrfs"), "{check:?}");
+        assert!(check.fix.is_some(), "{check:?}");
+        let (status, check) = verdict(0x1234_5678);
+        assert_eq!(status, Status::Warn);
+        assert!(check.found.contains("0x12345678"), "{check:?}");
+    }
+
+    #[test]
+    fn filesystem_magic_sign_extended_by_a_32_bit_f_type_is_still_recognised() {
+        // A 32-bit ABI's signed `f_type` turns magics above 0x7fff_ffff negative.
+        let btrfs = 0x9123_683Eu32 as i32 as i64;
+        let cifs = 0xFF53_4D42u32 as i32 as i64;
+        assert!(btrfs < 0 && cifs < 0);
+        assert_eq!(filesystem_name(btrfs), Some("btrfs"));
+        assert_eq!(FilesystemClass::of(btrfs), FilesystemClass::Untested);
+        assert_eq!(FilesystemClass::of(cifs), FilesystemClass::Remote);
+    }
+
+    #[test]
+    fn filesystem_report_line_keeps_the_stable_format() {
+        let mut out = Vec::new();
+        write_report(&mut out, &[verdict(OVERLAY).1]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .starts_with("FAIL  filesystem: /srv/corelog is on overlay; ")
+        );
+        assert!(lines.next().unwrap().starts_with("    fix: "));
+        assert_eq!(lines.next(), Some("0 passed, 0 warnings, 1 failed"));
     }
 }
