@@ -74,9 +74,38 @@ pub struct ServeArgs {
     /// Connections accepted at once, over all cores.
     #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub connections_max: usize,
-    /// This node's id in the cluster.
-    #[arg(long, default_value = "1")]
-    pub node_id: String,
+    /// This node's id in the cluster (a number ≥ 1, unique in the cluster, fixed at first
+    /// start).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: u64,
+    /// Run as a member of a replicated cluster: every partition is a Raft group. Without
+    /// `--join`, a node with an empty data directory starts a new cluster of one. Fixed at
+    /// first start (a standalone data directory stays standalone).
+    #[arg(long)]
+    pub cluster: bool,
+    /// Join the running cluster one of whose nodes listens at HOST:PORT (implies `--cluster`):
+    /// this node is added to every partition as a learner, caught up, then promoted to voter
+    /// while a partition has fewer than `--replication-factor` voters.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// The address other nodes and clients use to reach this node (default: `--listen`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Voters per partition: replication factor = min(cluster size, this).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub replication_factor: u64,
+    /// How long a starting cluster node waits for every partition to have a leader before
+    /// `/health` reports it ready anyway (it keeps serving what it can).
+    #[arg(long, default_value_t = 10_000)]
+    pub leader_wait_ms: u64,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value_t = 50, hide = true)]
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout range (a follower that hears no leader for this long stands).
+    #[arg(long, default_value_t = 250, hide = true)]
+    pub raft_election_min_ms: u64,
+    #[arg(long, default_value_t = 500, hide = true)]
+    pub raft_election_max_ms: u64,
     /// TESTING ONLY: make the node misbehave so tools can prove they notice
     /// (`drop-record:N` skips every Nth record served to readers, `corrupt-record:N` flips a
     /// byte in it). Never use in production.
@@ -131,10 +160,24 @@ pub enum TlsSource {
     Dev { dir: PathBuf },
 }
 
+/// How a cluster node replicates (`--cluster`, `--join`).
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// A node of the running cluster to join through (`None`: bootstrap if new).
+    pub join: Option<String>,
+    /// The address other nodes use for this one; `None`: the bound listen address.
+    pub advertise: Option<String>,
+    pub replication_factor: usize,
+    pub leader_wait_ms: u64,
+    pub timing: crate::raft::group::RaftTiming,
+}
+
 /// A validated node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub node_id: String,
+    pub node_id: u64,
+    /// `Some` when the node is a member of a replicated cluster.
+    pub replication: Option<ReplicationConfig>,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub stats_listen: SocketAddr,
@@ -205,12 +248,34 @@ impl NodeConfig {
         if args.connections_max == 0 {
             return Err("--connections-max must be at least 1".into());
         }
-        if args.node_id.is_empty() || args.node_id.contains(char::is_whitespace) {
-            return Err(format!(
-                "--node-id {:?}: must be non-empty, without spaces",
-                args.node_id
-            ));
-        }
+        let replication = if args.cluster || args.join.is_some() {
+            let timing = crate::raft::group::RaftTiming {
+                heartbeat_ms: args.raft_heartbeat_ms,
+                election_min_ms: args.raft_election_min_ms,
+                election_max_ms: args.raft_election_max_ms,
+            };
+            crate::raft::group::raft_config(timing).map_err(|e| {
+                format!("{e}: check --raft-heartbeat-ms / --raft-election-min-ms / -max-ms")
+            })?;
+            for (flag, addr) in [("--join", &args.join), ("--advertise", &args.advertise)] {
+                if let Some(addr) = addr
+                    && addr
+                        .rsplit_once(':')
+                        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                {
+                    return Err(format!("{flag} {addr:?}: expected HOST:PORT"));
+                }
+            }
+            Some(ReplicationConfig {
+                join: args.join.clone(),
+                advertise: args.advertise.clone(),
+                replication_factor: args.replication_factor as usize,
+                leader_wait_ms: args.leader_wait_ms,
+                timing,
+            })
+        } else {
+            None
+        };
         let log = LogConfig {
             segment_bytes_max: args.segment_bytes,
             retention_bytes: args.retention_bytes,
@@ -254,7 +319,8 @@ impl NodeConfig {
         let data_dir = std::path::absolute(&args.data_dir)
             .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
         Ok(NodeConfig {
-            node_id: args.node_id.clone(),
+            node_id: args.node_id,
+            replication,
             data_dir,
             listen: args.listen,
             stats_listen: args.stats_listen,

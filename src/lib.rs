@@ -11,6 +11,7 @@ pub mod error;
 pub mod io;
 pub mod net;
 pub mod node;
+pub mod raft;
 pub mod shard;
 pub mod stats;
 pub mod storage;

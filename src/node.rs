@@ -29,6 +29,8 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use crate::config::{NodeConfig, TlsSource};
 use crate::net::acl::Policy;
 use crate::net::{server, tls};
+use crate::raft::group::{Group, raft_config};
+use crate::raft::network::{PeerNetworkFactory, PeerPool};
 use crate::shard::{CoreMsg, MESH_CHANNEL_CAPACITY, NodeShared, Shard};
 use crate::stats::CoreStats;
 use crate::storage::Log;
@@ -108,12 +110,14 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, String> {
     crate::io::check_direct_io_filesystem(&config.data_dir).map_err(|e| e.to_string())?;
     check_io_uring_enabled()?;
     let lock = lock_data_dir(&config.data_dir)?;
-    let partitions = load_or_store_partitions(
+    let meta = load_or_store_node_meta(
         &config.data_dir,
         config.partitions,
         config.cpus.len() as u32,
-        &config.node_id,
+        config.node_id,
+        config.replication.is_some(),
     )?;
+    let partitions = meta.partitions;
     let (tls_dir, tls_name) = match &config.tls {
         TlsSource::Dir { dir, name } => (dir.clone(), name.clone()),
         TlsSource::Dev { dir } => {
@@ -138,6 +142,15 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, String> {
     let (listen_reservation, listen) = reserve_port(config.listen)?;
     let (stats_reservation, stats_listen) = reserve_port(config.stats_listen)?;
     let cores = config.cpus.len();
+    let peer_tls = match &config.replication {
+        Some(_) => Some(tls::client_config(&tls_dir, &tls_name).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let advertise = config
+        .replication
+        .as_ref()
+        .and_then(|r| r.advertise.clone())
+        .unwrap_or_else(|| listen.to_string());
     let shared = Arc::new(NodeShared {
         config: config.clone(),
         partitions,
@@ -147,6 +160,10 @@ pub fn start(config: NodeConfig) -> Result<NodeHandle, String> {
         shutdown: Default::default(),
         ready: Default::default(),
         listen,
+        advertise,
+        fresh: meta.fresh,
+        peer_tls,
+        cores_led: Default::default(),
     });
     let mesh: MeshBuilder<CoreMsg, Full> = MeshBuilder::full(cores, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = crossbeam::channel::bounded::<(usize, Result<(), String>)>(cores);
@@ -236,6 +253,10 @@ async fn run_core(
     };
     let shard = Rc::new(Shard::new(core, shared.clone(), logs, stats.clone()));
     shard.set_senders(senders);
+    if let Err(e) = start_groups(&shard).await {
+        let _ = ready.send((core, Err(e.clone())));
+        return Err(e);
+    }
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -270,6 +291,8 @@ async fn run_core(
         }
     }
     let _ = ready.send((core, Ok(())));
+    glommio::spawn_local(wait_for_leaders(shard.clone())).detach();
+    glommio::spawn_local(join_cluster(shard.clone())).detach();
     {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -281,7 +304,12 @@ async fn run_core(
         .detach();
     }
     server::accept_loop(shard.clone(), listener).await;
+    hand_off_leadership(&shard).await;
     drain_connections(&shard).await;
+    let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
+    for group in groups {
+        group.shutdown().await;
+    }
     let mut first_err = None;
     for (p, log) in &shard.logs {
         if let Err(e) = log.close().await {
@@ -290,6 +318,177 @@ async fn run_core(
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Replicated nodes: starts the Raft group of each partition of this core, sharing one pool of
+/// peer connections; a new node that is not joining becomes a cluster of one.
+async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
+    let node = &shard.node;
+    let Some(replication) = &node.config.replication else {
+        return Ok(());
+    };
+    let tls = node
+        .peer_tls
+        .clone()
+        .expect("replicated nodes have peer TLS");
+    let pool = PeerPool::new(
+        shard.core as u16,
+        node.config.node_id,
+        tls,
+        node.config.frame_bytes_max as usize,
+    );
+    let config = raft_config(replication.timing)?;
+    for (p, log) in &shard.logs {
+        let network = PeerNetworkFactory {
+            pool: pool.clone(),
+            partition: *p,
+        };
+        let group = Group::start(
+            node.config.node_id,
+            *p,
+            log.clone(),
+            network,
+            config.clone(),
+        )
+        .await
+        .map_err(|e| format!("partition {p}: starting Raft: {e}"))?;
+        if node.fresh && replication.join.is_none() {
+            group
+                .bootstrap(&node.advertise)
+                .await
+                .map_err(|e| format!("partition {p}: bootstrapping: {e}"))?;
+        }
+        shard.add_group(group);
+    }
+    Ok(())
+}
+
+/// Counts this core as led once each of its partitions has a leader (replicated nodes), or
+/// after `--leader-wait-ms`; `/health` reports ready when every core is.
+async fn wait_for_leaders(shard: Rc<Shard>) {
+    if let Some(replication) = &shard.node.config.replication {
+        let deadline = Instant::now() + Duration::from_millis(replication.leader_wait_ms);
+        loop {
+            let leaderless: Vec<Partition> = shard
+                .groups
+                .borrow()
+                .values()
+                .filter(|g| g.leader().is_none())
+                .map(|g| g.partition)
+                .collect();
+            if leaderless.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "core {}: partitions {leaderless:?} have no leader after {} ms; reporting \
+                     ready anyway",
+                    shard.core,
+                    replication.leader_wait_ms
+                );
+                break;
+            }
+            crate::io::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    shard.node.cores_led.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How long one join attempt may take (a learner is caught up before the answer).
+const JOIN_REQUEST_TIMEOUT_MS: u64 = 120_000;
+/// Pause between join attempts that failed.
+const JOIN_RETRY_MS: u64 = 500;
+
+/// `--join`: asks the cluster to add this node to each partition of this core it is not yet a
+/// member of (so a node that stopped half-way through joining finishes on restart). Retries
+/// until it succeeds or the node stops.
+async fn join_cluster(shard: Rc<Shard>) {
+    let node = shard.node.clone();
+    let Some(join) = node
+        .config
+        .replication
+        .as_ref()
+        .and_then(|r| r.join.clone())
+    else {
+        return;
+    };
+    let me = node.config.node_id;
+    let addr = match std::net::ToSocketAddrs::to_socket_addrs(join.as_str())
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(a) => a,
+        None => {
+            log::error!("--join {join}: cannot resolve the address");
+            return;
+        }
+    };
+    let tls = node
+        .peer_tls
+        .clone()
+        .expect("replicated nodes have peer TLS");
+    let config = crate::client::ClientConfig {
+        addr,
+        tls,
+        server_name: rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+        frame_bytes_max: node.config.frame_bytes_max as usize,
+        request_timeout: Duration::from_millis(JOIN_REQUEST_TIMEOUT_MS),
+        connect_timeout: Duration::from_millis(crate::client::CONNECT_TIMEOUT_MS_DEFAULT),
+    };
+    let client = crate::client::cluster::ClusterClient::new(config);
+    let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
+    for group in groups {
+        loop {
+            if shard.is_shutting_down() {
+                return;
+            }
+            if group.members().0.contains_key(&me) {
+                break;
+            }
+            match client.join(group.partition.0, me, &node.advertise).await {
+                Ok(r) => {
+                    log::info!(
+                        "partition {}: joined the cluster as a {}",
+                        group.partition,
+                        if r.voter { "voter" } else { "learner" }
+                    );
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("partition {}: joining through {join}: {e}", group.partition);
+                    crate::io::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long a stopping node waits for each partition it leads to get a new leader.
+const LEADER_HAND_OFF_MS: u64 = 3_000;
+
+/// A stopping node first hands the leadership of its partitions to other voters, so writers
+/// move on while it drains.
+async fn hand_off_leadership(shard: &Rc<Shard>) {
+    let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|g| {
+            glommio::spawn_local(async move {
+                if g.hand_off_leadership(Duration::from_millis(LEADER_HAND_OFF_MS))
+                    .await
+                {
+                    log::warn!(
+                        "partition {}: still the leader after {LEADER_HAND_OFF_MS} ms of \
+                         hand-off; stopping anyway",
+                        g.partition
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
 }
 
 async fn open_partitions(
@@ -354,17 +553,31 @@ pub fn partition_dir(data_dir: &Path, p: Partition) -> PathBuf {
     data_dir.join("partitions").join(p.0.to_string())
 }
 
-/// The partition count is fixed at first start: stored in `<data>/node.toml`, checked after.
-fn load_or_store_partitions(
+/// What `<data>/node.toml` fixes at first start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeMeta {
+    pub partitions: u32,
+    pub node_id: u64,
+    pub replicated: bool,
+    /// The file did not exist: this is the node's first start.
+    pub fresh: bool,
+}
+
+/// The partition count, node id and mode (standalone or replicated) are fixed at first start:
+/// stored in `<data>/node.toml`, checked after.
+fn load_or_store_node_meta(
     data_dir: &Path,
     requested: Option<u32>,
     default: u32,
-    node_id: &str,
-) -> Result<u32, String> {
+    node_id: u64,
+    replicated: bool,
+) -> Result<NodeMeta, String> {
     let path = data_dir.join(NODE_META_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let stored = parse_partitions(&text)
+            let stored = parse_key(&text, "partitions")
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|p| *p > 0)
                 .ok_or_else(|| format!("{}: no valid `partitions = N` line", path.display()))?;
             if let Some(r) = requested
                 && r != stored
@@ -375,29 +588,58 @@ fn load_or_store_partitions(
                     data_dir.display()
                 ));
             }
-            Ok(stored)
+            let stored_id = parse_key(&text, "node_id").unwrap_or_else(|| "1".into());
+            if stored_id != node_id.to_string() {
+                return Err(format!(
+                    "{} belongs to node {stored_id}; --node-id {node_id} differs (a node's id \
+                     is fixed at first start)",
+                    data_dir.display()
+                ));
+            }
+            let stored_replicated = parse_key(&text, "replicated").is_some_and(|v| v == "true");
+            if stored_replicated != replicated {
+                let (was, now) = if stored_replicated {
+                    ("a replicated cluster node", "without --cluster/--join")
+                } else {
+                    ("a standalone node", "with --cluster/--join")
+                };
+                return Err(format!(
+                    "{} was created as {was}; it cannot be started {now} (the mode is fixed at \
+                     first start)",
+                    data_dir.display()
+                ));
+            }
+            Ok(NodeMeta {
+                partitions: stored,
+                node_id,
+                replicated,
+                fresh: false,
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let partitions = requested.unwrap_or(default);
             let text = format!(
                 "# corelog node metadata, written at first start. Do not edit.\n\
-                 node_id = \"{node_id}\"\npartitions = {partitions}\n"
+                 node_id = \"{node_id}\"\npartitions = {partitions}\nreplicated = {replicated}\n"
             );
             write_durably(&path, text.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            Ok(partitions)
+            Ok(NodeMeta {
+                partitions,
+                node_id,
+                replicated,
+                fresh: true,
+            })
         }
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 
-fn parse_partitions(text: &str) -> Option<u32> {
+/// The value of `key = value` in node.toml, quotes removed.
+fn parse_key(text: &str, key: &str) -> Option<String> {
     text.lines().find_map(|line| {
-        let (key, value) = line.split_once('=')?;
-        (key.trim() == "partitions")
-            .then(|| value.trim().parse().ok())
-            .flatten()
-            .filter(|p| *p > 0)
+        let (k, value) = line.split_once('=')?;
+        (k.trim() == key).then(|| value.trim().trim_matches('"').to_string())
     })
 }
 
@@ -518,6 +760,8 @@ impl crate::stats::StatsSource for StatsSource {
             crate::stats::Health::not_ready("shutting down")
         } else if !node.ready.load(Ordering::Relaxed) {
             crate::stats::Health::not_ready("starting")
+        } else if node.cores_led.load(Ordering::Relaxed) < node.cores {
+            crate::stats::Health::not_ready("waiting for partition leaders")
         } else {
             crate::stats::Health::ready()
         }

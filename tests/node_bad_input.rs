@@ -47,6 +47,7 @@ fn consume(partition: u32, offset: u64) -> Request {
         offset,
         max_bytes: 0,
         max_wait_ms: 0,
+        linearizable: false,
     })
 }
 
@@ -573,6 +574,7 @@ fn a_client_that_floods_consume_requests_and_never_reads_leaves_node_memory_boun
         offset: 3,
         max_bytes: RECORD_BYTES as u32,
         max_wait_ms: 0,
+        linearizable: false,
     });
     let flood = flood(&node, &request, 1000, RSS_GROWTH_BYTES_MAX);
     acked.extend(flood.good_acked);

@@ -510,6 +510,7 @@ fn acl_denies_produce_to_a_consume_only_client_and_everything_to_an_unlisted_one
                 offset: 0,
                 max_bytes: 0,
                 max_wait_ms: 0,
+                linearizable: false,
             }),
         ] {
             let response = conn.request(request.clone()).await.expect("answered");

@@ -164,33 +164,52 @@ fn a_second_node_on_the_same_data_dir_or_port_is_refused() {
 }
 
 #[test]
-fn peer_connections_need_a_node_certificate_and_are_told_replication_is_off() {
+fn peer_connections_need_a_node_certificate_and_carry_only_peer_frames() {
     use corelog::client::Connection;
     use corelog::net::frame::{Request, Response};
     use corelog::net::preamble::ConnKind;
-    use corelog::proto::MetadataRequest;
+    use corelog::proto::{MetadataRequest, RaftVote, RaftVoteRequest};
 
     let (node, _dir) = start_node("inproc-peer", &["--partitions", "1"]);
     let addr = node.listen;
     let tls_dir = node.tls_dir.clone();
     run(|| async move {
-        for (cert, want_unauthorized) in [("client", true), ("node", false)] {
+        // A Raft vote for a partition this node does not have.
+        let vote = Request::RaftVote(RaftVoteRequest {
+            partition: 99,
+            from_node: 7,
+            vote: Some(RaftVote {
+                term: 1,
+                node_id: 7,
+                committed: false,
+            }),
+            ..RaftVoteRequest::default()
+        });
+        let refused = |resp: Response| match resp {
+            Response::Error(err) => ServerError::from_response(&err),
+            other => panic!("the request must be refused, got {other:?}"),
+        };
+        for (cert, is_node) in [("client", false), ("node", true)] {
             let cfg = ClientConfig::new(addr, &tls_dir, cert).unwrap();
             let conn = Connection::connect(&cfg, 0, ConnKind::Peer).await.unwrap();
-            let resp = conn
-                .request(Request::Metadata(MetadataRequest {}))
-                .await
-                .unwrap();
-            let Response::Error(err) = resp else {
-                panic!("a peer request must be refused, got {resp:?}");
-            };
-            let err = ServerError::from_response(&err);
-            match (want_unauthorized, &err) {
-                (true, ServerError::Unauthorized { .. }) => {}
-                (false, ServerError::Unavailable { message }) => {
-                    assert!(message.contains("replication"), "{message}")
+            let err = refused(conn.request(vote.clone()).await.unwrap());
+            match (is_node, &err) {
+                (false, ServerError::Unauthorized { action, .. }) => {
+                    assert_eq!(action, "replicate")
                 }
+                (true, ServerError::UnknownPartition { partition }) => assert_eq!(partition.0, 99),
                 _ => panic!("{cert}: unexpected {err}"),
+            }
+            if is_node {
+                // A client request on a peer connection is a bad request; the connection stays.
+                let err = refused(
+                    conn.request(Request::Metadata(MetadataRequest {}))
+                        .await
+                        .unwrap(),
+                );
+                assert!(matches!(err, ServerError::BadRequest { .. }), "{err}");
+                let err = refused(conn.request(vote.clone()).await.unwrap());
+                assert!(matches!(err, ServerError::UnknownPartition { .. }), "{err}");
             }
         }
     });

@@ -9,6 +9,7 @@
 //!
 //! Runs on a glommio executor (it is `!Send`, like everything on a core).
 
+pub mod cluster;
 mod connection;
 
 pub use connection::{Connection, Subscription};
@@ -187,6 +188,7 @@ impl Client {
             offset,
             max_bytes,
             max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
+            linearizable: false,
         });
         match self.call_partition(partition, request, true).await? {
             Response::Consume(r) => Ok(r),
@@ -256,7 +258,7 @@ impl Client {
         self.owners.borrow().get(&partition).copied().unwrap_or(0)
     }
 
-    async fn call_partition(
+    pub(crate) async fn call_partition(
         &self,
         partition: u32,
         request: Request,

@@ -11,6 +11,15 @@
 //! Connection rules (docs/PROTOCOL.md): a frame over the size limit or a malformed length gets
 //! an error and the connection closes; an unknown kind or an invalid body gets BAD_REQUEST and
 //! the connection stays.
+//!
+//! Peer connections (preamble kind peer) carry only Raft frames, client connections only client
+//! frames; the other side's kinds get BAD_REQUEST. Every peer frame needs the `replicate` right
+//! on the cluster. A peer request names its Raft group by partition; the group must live on
+//! this core ([`Shard::raft_group`]), otherwise it is answered UNKNOWN_PARTITION, WRONG_CORE, or
+//! UNAVAILABLE ("not replicated here"). Raft calls run in their own tasks holding the
+//! request's permit, so many RPCs of many groups are in flight on one connection. A snapshot
+//! arrives as chunks (docs/PROTOCOL.md, "Peer API"), assembled per partition on the connection
+//! that carries them, bounded by [`SNAPSHOT_BYTES_MAX`] and [`SNAPSHOT_TRANSFERS_MAX`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -29,9 +38,12 @@ use crate::net::preamble::ConnKind;
 use crate::net::tls::{Identity, peer_identity};
 use crate::proto::{
     ConsumeRequest, ConsumeResponse, ErrorResponse, GetServersResponse, MetadataResponse,
-    ProduceRequest, ProduceResponse, Record as WireRecord, Server, SubscribeCancelResponse,
-    SubscribeEvent, SubscribeRequest,
+    ProduceRequest, ProduceResponse, RaftAppendRequest, RaftSnapshotRequest, RaftSnapshotResponse,
+    RaftTransferLeaderRequest, RaftVoteRequest, Record as WireRecord, Server,
+    SubscribeCancelResponse, SubscribeEvent, SubscribeRequest,
 };
+use crate::raft::types::{LogSnapshot, Raft, Vote};
+use crate::raft::wire::{self, SnapshotMeta};
 use crate::shard::Shard;
 use crate::stats::Op;
 use crate::storage::{BatchMeta, Log, Record};
@@ -56,6 +68,11 @@ const SUBSCRIBE_CREDITS_MAX: u32 = 1024;
 /// read from the log and not yet written to the socket, in KiB. Bounds a connection's memory
 /// by bytes, not only by request count: a client that never reads stops being served.
 const OUTBOX_KIB_MAX: u64 = 64 * 1024;
+/// Bytes of batches one snapshot transfer may assemble in memory. The whole snapshot is held
+/// until it is installed (`LogSnapshot` is in memory), so this bounds one transfer's memory.
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+/// Snapshot transfers one peer connection may assemble at once (one per partition).
+pub const SNAPSHOT_TRANSFERS_MAX: usize = 16;
 
 /// Serves a connection accepted on, or handed to, this core.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
@@ -101,6 +118,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
         closing: Cell::new(false),
         finished: Cell::new(false),
         subscriptions: RefCell::new(HashMap::new()),
+        snapshots: RefCell::new(HashMap::new()),
     });
     shard.connections.set(shard.connections.get() + 1);
     shard.stats.connection_opened();
@@ -146,6 +164,19 @@ struct Connection {
     /// Every admitted request has answered: the writer may end once the outbox is empty.
     finished: Cell<bool>,
     subscriptions: RefCell<HashMap<u32, Rc<Subscription>>>,
+    /// Snapshot transfers in progress on this (peer) connection, by partition.
+    snapshots: RefCell<HashMap<u32, SnapshotAssembly>>,
+}
+
+/// The chunks of one snapshot transfer received so far.
+struct SnapshotAssembly {
+    transfer_id: u64,
+    /// The chunk index expected next.
+    next_chunk: u32,
+    vote: Vote,
+    meta: SnapshotMeta,
+    batches: Vec<Bytes>,
+    bytes: u64,
 }
 
 struct Subscription {
@@ -203,24 +234,6 @@ impl Connection {
     /// close (a request on the reserved correlation id 0).
     async fn dispatch(self: Rc<Self>, frame: frame::Frame, permit: StaticPermit) -> bool {
         let corr = frame.correlation_id;
-        if self.kind == ConnKind::Peer {
-            // Peers authenticate like anyone else and need the replicate right (a node
-            // certificate by default); replication itself is not built yet.
-            let (object, action) = (Object::Cluster, Action::Replicate);
-            if !self
-                .shard
-                .node
-                .policy
-                .allows(&self.identity, object, action)
-            {
-                self.shard.stats.record_error("unauthorized");
-                let err = errors::unauthorized(action.as_str(), &object.to_string());
-                self.send_error(corr, err, Some(permit));
-                return true;
-            }
-            self.send_error(corr, errors::replication_not_enabled(), Some(permit));
-            return true;
-        }
         let request = match frame::decode_request(&frame) {
             Ok(r) => r,
             Err(e) => {
@@ -233,6 +246,21 @@ impl Connection {
                 return !e.is_fatal();
             }
         };
+        if self.kind == ConnKind::Peer {
+            self.dispatch_peer(corr, request, permit).await;
+            return true;
+        }
+        let kind = request.kind();
+        if kind.is_peer() {
+            self.shard.stats.record_error("bad_frame_kind");
+            let err = errors::bad_request(format!(
+                "frame kind {kind:?} (0x{:02x}) is a peer frame; it is accepted only on peer \
+                 connections",
+                kind as u8
+            ));
+            self.send_error(corr, err, Some(permit));
+            return true;
+        }
         match request {
             Request::Produce(req) => self.produce(corr, req, permit).await,
             Request::Consume(req) => {
@@ -265,9 +293,309 @@ impl Connection {
             Request::Metadata(_) => {
                 glommio::spawn_local(self.metadata(corr, permit)).detach();
             }
-            Request::GetServers(_) => self.get_servers(corr, permit),
+            Request::GetServers(_) => {
+                glommio::spawn_local(self.get_servers(corr, permit)).detach();
+            }
+            Request::Join(req) => {
+                glommio::spawn_local(self.join(corr, req, permit)).detach();
+            }
+            Request::Leave(req) => {
+                glommio::spawn_local(self.leave(corr, req, permit)).detach();
+            }
+            Request::RaftAppend(_)
+            | Request::RaftVote(_)
+            | Request::RaftSnapshot(_)
+            | Request::RaftTransferLeader(_) => {
+                unreachable!("peer kinds were refused above on a client connection")
+            }
         }
         true
+    }
+
+    /// Handles one request of a peer connection: only peer requests, from a peer with the
+    /// replicate right.
+    async fn dispatch_peer(self: Rc<Self>, corr: u32, request: Request, permit: StaticPermit) {
+        // Peers authenticate like anyone else and need the replicate right (a node certificate
+        // by default).
+        let (object, action) = (Object::Cluster, Action::Replicate);
+        if !self
+            .shard
+            .node
+            .policy
+            .allows(&self.identity, object, action)
+        {
+            self.shard.stats.record_error("unauthorized");
+            let err = errors::unauthorized(action.as_str(), &object.to_string());
+            self.send_error(corr, err, Some(permit));
+            return;
+        }
+        match request {
+            Request::RaftAppend(req) => self.raft_append(corr, req, permit),
+            Request::RaftVote(req) => self.raft_vote(corr, req, permit),
+            Request::RaftSnapshot(req) => self.raft_snapshot_chunk(corr, req, permit).await,
+            Request::RaftTransferLeader(req) => self.raft_transfer_leader(corr, req, permit),
+            Request::Produce(_)
+            | Request::Consume(_)
+            | Request::Subscribe(_)
+            | Request::SubscribeCredit(_)
+            | Request::SubscribeCancel(_)
+            | Request::Metadata(_)
+            | Request::GetServers(_)
+            | Request::Join(_)
+            | Request::Leave(_) => {
+                self.shard.stats.record_error("bad_frame_kind");
+                let kind = request.kind();
+                let err = errors::bad_request(format!(
+                    "frame kind {kind:?} (0x{:02x}) is not a peer frame; a peer connection \
+                     carries only peer frames",
+                    kind as u8
+                ));
+                self.send_error(corr, err, Some(permit));
+            }
+        }
+    }
+
+    /// The Raft group of `partition` on this core; answers the request when there is none.
+    fn raft_group(
+        &self,
+        corr: u32,
+        partition: u32,
+        permit: &mut Option<StaticPermit>,
+    ) -> Option<Raft> {
+        let p = Partition(partition);
+        if partition >= self.shard.node.partitions {
+            self.shard.stats.record_error("unknown_partition");
+            self.send_error(corr, errors::unknown_partition(p), permit.take());
+            return None;
+        }
+        let owner = self.shard.node.owner_core(p);
+        if owner != self.shard.core {
+            self.shard.stats.record_error("wrong_core");
+            self.send_error(corr, errors::wrong_core(p, owner as u32), permit.take());
+            return None;
+        }
+        let group = self.shard.raft_group(p);
+        if group.is_none() {
+            self.shard.stats.record_error("not_replicated");
+            let err = errors::unavailable(format!(
+                "partition {partition} is not replicated here: no Raft group for it on core {} \
+                 of node {}",
+                self.shard.core, self.shard.node.config.node_id
+            ));
+            self.send_error(corr, err, permit.take());
+        }
+        group
+    }
+
+    /// A peer request whose body does not map to openraft's types.
+    fn bad_peer_body(&self, corr: u32, e: &wire::WireError, permit: Option<StaticPermit>) {
+        self.shard.stats.record_error("bad_body");
+        self.send_error(corr, errors::bad_request(e.to_string()), permit);
+    }
+
+    /// The Raft group stopped (openraft's `Fatal`): it answers no more RPCs.
+    fn raft_fatal(
+        &self,
+        corr: u32,
+        partition: u32,
+        e: &dyn std::fmt::Display,
+        permit: Option<StaticPermit>,
+    ) {
+        self.shard.stats.record_error("raft_stopped");
+        let err = errors::unavailable(format!(
+            "the Raft group of partition {partition} on node {} has stopped: {e}",
+            self.shard.node.config.node_id
+        ));
+        self.send_error(corr, err, permit);
+    }
+
+    fn raft_append(self: Rc<Self>, corr: u32, req: RaftAppendRequest, permit: StaticPermit) {
+        let mut permit = Some(permit);
+        let partition = req.partition;
+        let Some(raft) = self.raft_group(corr, partition, &mut permit) else {
+            return;
+        };
+        let rpc = match wire::decode_append_request(req) {
+            Ok(rpc) => rpc,
+            Err(e) => return self.bad_peer_body(corr, &e, permit),
+        };
+        glommio::spawn_local(async move {
+            match raft.append_entries(rpc).await {
+                Ok(resp) => {
+                    let resp = wire::encode_append_response(&resp);
+                    self.send(corr, Response::RaftAppend(resp), permit);
+                }
+                Err(e) => self.raft_fatal(corr, partition, &e, permit),
+            }
+        })
+        .detach();
+    }
+
+    fn raft_vote(self: Rc<Self>, corr: u32, req: RaftVoteRequest, permit: StaticPermit) {
+        let mut permit = Some(permit);
+        let partition = req.partition;
+        let Some(raft) = self.raft_group(corr, partition, &mut permit) else {
+            return;
+        };
+        let (rpc, pre_vote) = match wire::decode_vote_request(req) {
+            Ok(decoded) => decoded,
+            Err(e) => return self.bad_peer_body(corr, &e, permit),
+        };
+        glommio::spawn_local(async move {
+            let answer = if pre_vote {
+                raft.pre_vote(rpc).await
+            } else {
+                raft.vote(rpc).await
+            };
+            match answer {
+                Ok(resp) => {
+                    let resp = wire::encode_vote_response(&resp);
+                    self.send(corr, Response::RaftVote(resp), permit);
+                }
+                Err(e) => self.raft_fatal(corr, partition, &e, permit),
+            }
+        })
+        .detach();
+    }
+
+    fn raft_transfer_leader(
+        self: Rc<Self>,
+        corr: u32,
+        req: RaftTransferLeaderRequest,
+        permit: StaticPermit,
+    ) {
+        let mut permit = Some(permit);
+        let partition = req.partition;
+        let Some(raft) = self.raft_group(corr, partition, &mut permit) else {
+            return;
+        };
+        let rpc = match wire::decode_transfer_leader_request(req) {
+            Ok(rpc) => rpc,
+            Err(e) => return self.bad_peer_body(corr, &e, permit),
+        };
+        glommio::spawn_local(async move {
+            match raft.handle_transfer_leader(rpc).await {
+                Ok(resp) => {
+                    let resp = wire::encode_transfer_leader_response(&resp);
+                    self.send(corr, Response::RaftTransferLeader(resp), permit);
+                }
+                Err(e) => self.raft_fatal(corr, partition, &e, permit),
+            }
+        })
+        .detach();
+    }
+
+    /// Adds one chunk to the partition's snapshot transfer, inline so chunks apply in the
+    /// order they were read; the last chunk installs the snapshot in its own task.
+    async fn raft_snapshot_chunk(
+        self: Rc<Self>,
+        corr: u32,
+        req: RaftSnapshotRequest,
+        permit: StaticPermit,
+    ) {
+        let mut permit = Some(permit);
+        let partition = req.partition;
+        let Some(raft) = self.raft_group(corr, partition, &mut permit) else {
+            self.snapshots.borrow_mut().remove(&partition);
+            return;
+        };
+        if let Err(message) = self.add_snapshot_chunk(&req).await {
+            self.snapshots.borrow_mut().remove(&partition);
+            self.shard.stats.record_error("bad_snapshot_chunk");
+            self.send_error(corr, errors::bad_request(message), permit);
+            return;
+        }
+        if !req.last {
+            let ack = RaftSnapshotResponse { vote: None };
+            self.send(corr, Response::RaftSnapshot(ack), permit);
+            return;
+        }
+        let Some(done) = self.snapshots.borrow_mut().remove(&partition) else {
+            unreachable!("add_snapshot_chunk keeps the transfer it accepted a chunk for");
+        };
+        let snapshot = openraft::Snapshot {
+            meta: done.meta,
+            snapshot: LogSnapshot {
+                batches: done.batches,
+            },
+        };
+        glommio::spawn_local(async move {
+            match raft.install_full_snapshot(done.vote, snapshot).await {
+                Ok(resp) => {
+                    let resp = wire::encode_snapshot_response(&resp);
+                    self.send(corr, Response::RaftSnapshot(resp), permit);
+                }
+                Err(e) => self.raft_fatal(corr, partition, &e, permit),
+            }
+        })
+        .detach();
+    }
+
+    /// Checks a chunk against the transfer in progress and keeps its batches; the error is
+    /// the BAD_REQUEST message.
+    async fn add_snapshot_chunk(&self, req: &RaftSnapshotRequest) -> Result<(), String> {
+        let partition = req.partition;
+        if req.chunk_index == 0 {
+            let vote = wire::decode_vote(req.vote, "RaftSnapshotRequest", "vote")
+                .map_err(|e| e.to_string())?;
+            let meta = wire::decode_snapshot_meta(req.meta.clone()).map_err(|e| e.to_string())?;
+            let mut snapshots = self.snapshots.borrow_mut();
+            if !snapshots.contains_key(&partition) && snapshots.len() >= SNAPSHOT_TRANSFERS_MAX {
+                return Err(format!(
+                    "at most {SNAPSHOT_TRANSFERS_MAX} snapshot transfers per connection"
+                ));
+            }
+            // A new transfer for the partition replaces an unfinished one.
+            snapshots.insert(
+                partition,
+                SnapshotAssembly {
+                    transfer_id: req.transfer_id,
+                    next_chunk: 0,
+                    vote,
+                    meta,
+                    batches: Vec::new(),
+                    bytes: 0,
+                },
+            );
+        }
+        // Batches are checked (length, CRC) here, so that a damaged snapshot is refused as a bad
+        // request instead of failing the install, which openraft treats as a fatal storage
+        // error of the group.
+        for (i, batch) in req.batches.iter().enumerate() {
+            if let Err(e) = crate::storage::format::validate_batch(batch) {
+                return Err(format!(
+                    "snapshot chunk {} of partition {partition}: batch {i} is damaged: {e}",
+                    req.chunk_index
+                ));
+            }
+            glommio::yield_if_needed().await;
+        }
+        let mut snapshots = self.snapshots.borrow_mut();
+        let Some(assembly) = snapshots.get_mut(&partition) else {
+            return Err(format!(
+                "snapshot chunk {} of transfer {} for partition {partition} arrived without \
+                 chunk 0 of that transfer",
+                req.chunk_index, req.transfer_id
+            ));
+        };
+        if assembly.transfer_id != req.transfer_id || assembly.next_chunk != req.chunk_index {
+            return Err(format!(
+                "snapshot chunk {} of transfer {} for partition {partition} does not continue \
+                 the transfer in progress (transfer {}, expecting chunk {})",
+                req.chunk_index, req.transfer_id, assembly.transfer_id, assembly.next_chunk
+            ));
+        }
+        let bytes: u64 = req.batches.iter().map(|b| b.len() as u64).sum();
+        assembly.bytes = assembly.bytes.saturating_add(bytes);
+        if assembly.bytes > SNAPSHOT_BYTES_MAX {
+            return Err(format!(
+                "the snapshot of partition {partition} exceeds the {SNAPSHOT_BYTES_MAX} bytes a \
+                 node assembles for one transfer"
+            ));
+        }
+        assembly.batches.extend(req.batches.iter().cloned());
+        assembly.next_chunk = assembly.next_chunk.saturating_add(1);
+        Ok(())
     }
 
     /// Checks the ACL and that this core owns the partition; answers the request when not.
@@ -313,6 +641,10 @@ impl Connection {
         let Some(log) = self.admit(corr, req.partition, Action::Produce, &mut permit) else {
             return;
         };
+        if let Some(group) = self.shard.group(Partition(req.partition)) {
+            self.produce_replicated(corr, req, group, log, permit, start);
+            return;
+        }
         let meta = BatchMeta {
             timestamp_ms: crate::io::now_ms(),
             term: 0,
@@ -346,12 +678,186 @@ impl Connection {
         .detach();
     }
 
+    /// Produce to a replicated partition: through Raft; acknowledged once a majority has the
+    /// batch durable and it is applied here.
+    fn produce_replicated(
+        self: Rc<Self>,
+        corr: u32,
+        req: ProduceRequest,
+        group: crate::raft::group::Group,
+        log: Log,
+        permit: Option<StaticPermit>,
+        start: Instant,
+    ) {
+        if req.records.is_empty() {
+            self.send_error(
+                corr,
+                errors::bad_request("a produce needs at least one record"),
+                permit,
+            );
+            return;
+        }
+        let batch = crate::raft::types::RecordBatch::from_values(&req.records, crate::io::now_ms());
+        let len = crate::storage::format::HEADER_BYTES + batch.body.len();
+        if len > log.config().batch_bytes_max {
+            let e = crate::Error::BatchTooLarge {
+                bytes: len,
+                max: log.config().batch_bytes_max,
+            };
+            self.storage_error(corr, &e, permit);
+            return;
+        }
+        let bytes: u64 = req.records.iter().map(|r| r.len() as u64).sum();
+        let count = req.records.len() as u32;
+        let partition = Partition(req.partition);
+        // Spawned tasks first run in spawn order, so a connection's produces reach Raft in
+        // the order they were read.
+        glommio::spawn_local(async move {
+            match group.write(batch).await {
+                Ok(base) => {
+                    let stats = &self.shard.stats;
+                    stats.record_latency_since(Op::Produce, Some(partition), start);
+                    stats.record_in(partition, u64::from(count), bytes);
+                    let resp = ProduceResponse {
+                        base_offset: base.get(),
+                        record_count: count,
+                    };
+                    self.send(corr, Response::Produce(resp), permit);
+                }
+                Err(e) => self.group_error(corr, &e, permit),
+            }
+        })
+        .detach();
+    }
+
+    /// Answers a request a partition's Raft group refused.
+    fn group_error(
+        &self,
+        corr: u32,
+        e: &crate::raft::group::GroupError,
+        permit: Option<StaticPermit>,
+    ) {
+        use crate::raft::group::GroupError;
+        let err = match e {
+            GroupError::NotLeader { leader } => {
+                self.shard.stats.record_error("not_leader");
+                match leader {
+                    Some((id, addr)) => errors::not_leader(Some(&id.to_string()), Some(addr)),
+                    None => errors::not_leader(None, None),
+                }
+            }
+            GroupError::Unknown(m) | GroupError::Unavailable(m) => {
+                self.shard.stats.record_error("raft_unavailable");
+                errors::unavailable(m.clone())
+            }
+            GroupError::Invalid(m) => errors::bad_request(m.clone()),
+        };
+        self.send_error(corr, err, permit);
+    }
+
+    /// Admin: adds a node to a partition's Raft group (on its leader).
+    async fn join(self: Rc<Self>, corr: u32, req: crate::proto::JoinRequest, permit: StaticPermit) {
+        let mut permit = Some(permit);
+        let Some(group) = self.admin_group(corr, req.partition, &mut permit) else {
+            return;
+        };
+        if req.node_id == 0 || req.addr.is_empty() {
+            let err = errors::bad_request("join needs a node_id ≥ 1 and an addr");
+            self.send_error(corr, err, permit);
+            return;
+        }
+        let rf = self
+            .shard
+            .node
+            .config
+            .replication
+            .as_ref()
+            .map_or(1, |r| r.replication_factor);
+        match group.add_node(req.node_id, &req.addr, rf).await {
+            Ok(voter) => {
+                log::info!(
+                    "partition {}: node {} ({}) joined as a {}",
+                    req.partition,
+                    req.node_id,
+                    req.addr,
+                    if voter { "voter" } else { "learner" }
+                );
+                let resp = crate::proto::JoinResponse { voter };
+                self.send(corr, Response::Join(resp), permit);
+            }
+            Err(e) => self.group_error(corr, &e, permit),
+        }
+    }
+
+    /// Admin: removes a node from a partition's Raft group (on its leader).
+    async fn leave(
+        self: Rc<Self>,
+        corr: u32,
+        req: crate::proto::LeaveRequest,
+        permit: StaticPermit,
+    ) {
+        let mut permit = Some(permit);
+        let Some(group) = self.admin_group(corr, req.partition, &mut permit) else {
+            return;
+        };
+        match group.remove_node(req.node_id).await {
+            Ok(()) => {
+                log::info!("partition {}: node {} left", req.partition, req.node_id);
+                self.send(
+                    corr,
+                    Response::Leave(crate::proto::LeaveResponse {}),
+                    permit,
+                );
+            }
+            Err(e) => self.group_error(corr, &e, permit),
+        }
+    }
+
+    /// The Raft group for an admin request: admin right, partition on this core, replicated.
+    fn admin_group(
+        &self,
+        corr: u32,
+        partition: u32,
+        permit: &mut Option<StaticPermit>,
+    ) -> Option<crate::raft::group::Group> {
+        let (object, action) = (Object::Cluster, Action::Admin);
+        if !self
+            .shard
+            .node
+            .policy
+            .allows(&self.identity, object, action)
+        {
+            self.shard.stats.record_error("unauthorized");
+            let err = errors::unauthorized(action.as_str(), &object.to_string());
+            self.send_error(corr, err, permit.take());
+            return None;
+        }
+        self.admit(corr, partition, Action::Consume, permit)?;
+        match self.shard.group(Partition(partition)) {
+            Some(g) => Some(g),
+            None => {
+                let err = errors::bad_request(
+                    "this node is standalone (not started with --cluster or --join)",
+                );
+                self.send_error(corr, err, permit.take());
+                None
+            }
+        }
+    }
+
     async fn consume(self: Rc<Self>, corr: u32, req: ConsumeRequest, permit: StaticPermit) {
         let start = Instant::now();
         let mut permit = Some(permit);
         let Some(log) = self.admit(corr, req.partition, Action::Consume, &mut permit) else {
             return;
         };
+        if req.linearizable
+            && let Some(group) = self.shard.group(Partition(req.partition))
+            && let Err(e) = group.linearizable_barrier().await
+        {
+            self.group_error(corr, &e, permit);
+            return;
+        }
         let max_bytes = self.response_bytes_max(req.max_bytes);
         let Some(budget) = self.reserve_outbox(max_bytes).await else {
             return;
@@ -540,7 +1046,7 @@ impl Connection {
         }
         let partitions = self.shard.all_partition_infos().await;
         let resp = MetadataResponse {
-            node_id: self.shard.node.config.node_id.clone(),
+            node_id: self.shard.node.config.node_id.to_string(),
             cores: self.shard.node.cores as u32,
             partitions,
         };
@@ -550,17 +1056,22 @@ impl Connection {
             .record_latency_since(Op::Metadata, None, start);
     }
 
-    fn get_servers(&self, corr: u32, permit: StaticPermit) {
+    async fn get_servers(self: Rc<Self>, corr: u32, permit: StaticPermit) {
         let start = Instant::now();
         let node = &self.shard.node;
-        let resp = GetServersResponse {
-            servers: vec![Server {
-                id: node.config.node_id.clone(),
+        let servers = if node.config.replication.is_none() {
+            vec![Server {
+                id: node.config.node_id.to_string(),
                 rpc_addr: node.listen.to_string(),
                 is_leader: true,
                 partitions_led: (0..node.partitions).collect(),
-            }],
+                partitions_voter: Vec::new(),
+                partitions_learner: Vec::new(),
+            }]
+        } else {
+            servers_from_partitions(&self.shard.all_partition_infos().await)
         };
+        let resp = GetServersResponse { servers };
         self.send(corr, Response::GetServers(resp), Some(permit));
         self.shard
             .stats
@@ -683,4 +1194,29 @@ fn storage_error_kind(e: &crate::Error) -> &'static str {
         InvalidArgument(_) => "invalid_argument",
         Closed => "closed",
     }
+}
+
+/// A replicated cluster's servers as this node's partitions see them: every member of any
+/// partition's group, with the partitions it leads, votes in, or follows as a learner.
+fn servers_from_partitions(infos: &[crate::proto::PartitionInfo]) -> Vec<Server> {
+    let mut servers: std::collections::BTreeMap<u64, Server> = std::collections::BTreeMap::new();
+    for info in infos {
+        for m in &info.members {
+            let s = servers.entry(m.node_id).or_insert_with(|| Server {
+                id: m.node_id.to_string(),
+                rpc_addr: m.addr.clone(),
+                ..Default::default()
+            });
+            if m.voter {
+                s.partitions_voter.push(info.partition);
+            } else {
+                s.partitions_learner.push(info.partition);
+            }
+            if info.leader_id == m.node_id.to_string() {
+                s.partitions_led.push(info.partition);
+                s.is_leader = true;
+            }
+        }
+    }
+    servers.into_values().collect()
 }

@@ -26,8 +26,11 @@ use prost::Message;
 
 use crate::proto::{
     ConsumeRequest, ConsumeResponse, ErrorResponse, GetServersRequest, GetServersResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, SubscribeCancel,
-    SubscribeCancelResponse, SubscribeCredit, SubscribeEvent, SubscribeRequest,
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, RaftAppendRequest, RaftAppendResponse, RaftSnapshotRequest,
+    RaftSnapshotResponse, RaftTransferLeaderRequest, RaftTransferLeaderResponse, RaftVoteRequest,
+    RaftVoteResponse, SubscribeCancel, SubscribeCancelResponse, SubscribeCredit, SubscribeEvent,
+    SubscribeRequest,
 };
 
 /// Size of the length field.
@@ -49,9 +52,9 @@ pub const FRAME_BYTES_MAX_LIMIT: usize = 1 << 30;
 /// not a request, and the server closes the connection after sending it. Requests use 1..
 pub const CORRELATION_ID_CONNECTION: u32 = 0;
 
-/// Frame kinds 0x40..=0x7E are reserved for peer (Raft) requests, which arrive with
-/// replication; their responses will be the kind | 0x80 (0xC0..=0xFE). 0x7F stays unused
-/// because 0x7F | 0x80 is [`FrameKind::Error`].
+/// Frame kinds 0x40..=0x7E are peer (Raft) requests, sent only on peer connections; their
+/// responses are the kind | 0x80 (0xC0..=0xFE). 0x40..=0x43 are assigned, the rest stay free
+/// for later peer messages. 0x7F stays unused because 0x7F | 0x80 is [`FrameKind::Error`].
 pub const PEER_REQUEST_KINDS: std::ops::RangeInclusive<u8> = 0x40..=0x7E;
 
 /// Which message a frame's body holds. A response kind is its request kind | 0x80.
@@ -66,6 +69,19 @@ pub enum FrameKind {
     SubscribeCancel = 0x05,
     Metadata = 0x06,
     GetServers = 0x07,
+    /// Admin: add a node to a partition's Raft group.
+    Join = 0x08,
+    /// Admin: remove a node from a partition's Raft group.
+    Leave = 0x09,
+
+    /// Peer: Raft AppendEntries.
+    RaftAppend = 0x40,
+    /// Peer: Raft RequestVote or Pre-Vote.
+    RaftVote = 0x41,
+    /// Peer: one chunk of a full Raft snapshot.
+    RaftSnapshot = 0x42,
+    /// Peer: Raft TransferLeader.
+    RaftTransferLeader = 0x43,
 
     ProduceResponse = 0x81,
     ConsumeResponse = 0x82,
@@ -74,13 +90,20 @@ pub enum FrameKind {
     SubscribeCancelResponse = 0x85,
     MetadataResponse = 0x86,
     GetServersResponse = 0x87,
+    JoinResponse = 0x88,
+    LeaveResponse = 0x89,
+
+    RaftAppendResponse = 0xC0,
+    RaftVoteResponse = 0xC1,
+    RaftSnapshotResponse = 0xC2,
+    RaftTransferLeaderResponse = 0xC3,
 
     /// An `ErrorResponse`: answers any request, or ends a subscription.
     Error = 0xFF,
 }
 
 impl FrameKind {
-    pub const ALL: [FrameKind; 14] = [
+    pub const ALL: [FrameKind; 26] = [
         FrameKind::Produce,
         FrameKind::Consume,
         FrameKind::Subscribe,
@@ -88,12 +111,24 @@ impl FrameKind {
         FrameKind::SubscribeCancel,
         FrameKind::Metadata,
         FrameKind::GetServers,
+        FrameKind::Join,
+        FrameKind::Leave,
+        FrameKind::RaftAppend,
+        FrameKind::RaftVote,
+        FrameKind::RaftSnapshot,
+        FrameKind::RaftTransferLeader,
         FrameKind::ProduceResponse,
         FrameKind::ConsumeResponse,
         FrameKind::SubscribeEvent,
         FrameKind::SubscribeCancelResponse,
         FrameKind::MetadataResponse,
         FrameKind::GetServersResponse,
+        FrameKind::JoinResponse,
+        FrameKind::LeaveResponse,
+        FrameKind::RaftAppendResponse,
+        FrameKind::RaftVoteResponse,
+        FrameKind::RaftSnapshotResponse,
+        FrameKind::RaftTransferLeaderResponse,
         FrameKind::Error,
     ];
 
@@ -104,6 +139,12 @@ impl FrameKind {
     /// Whether a client sends this kind (the high bit is clear).
     pub fn is_request(self) -> bool {
         (self as u8) & 0x80 == 0
+    }
+
+    /// Whether this is a peer (Raft) kind, request or response: those travel only on peer
+    /// connections.
+    pub fn is_peer(self) -> bool {
+        PEER_REQUEST_KINDS.contains(&((self as u8) & 0x7F))
     }
 }
 
@@ -295,6 +336,12 @@ pub enum Request {
     SubscribeCancel(SubscribeCancel),
     Metadata(MetadataRequest),
     GetServers(GetServersRequest),
+    Join(JoinRequest),
+    Leave(LeaveRequest),
+    RaftAppend(RaftAppendRequest),
+    RaftVote(RaftVoteRequest),
+    RaftSnapshot(RaftSnapshotRequest),
+    RaftTransferLeader(RaftTransferLeaderRequest),
 }
 
 impl Request {
@@ -307,6 +354,12 @@ impl Request {
             Request::SubscribeCancel(_) => FrameKind::SubscribeCancel,
             Request::Metadata(_) => FrameKind::Metadata,
             Request::GetServers(_) => FrameKind::GetServers,
+            Request::Join(_) => FrameKind::Join,
+            Request::Leave(_) => FrameKind::Leave,
+            Request::RaftAppend(_) => FrameKind::RaftAppend,
+            Request::RaftVote(_) => FrameKind::RaftVote,
+            Request::RaftSnapshot(_) => FrameKind::RaftSnapshot,
+            Request::RaftTransferLeader(_) => FrameKind::RaftTransferLeader,
         }
     }
 
@@ -325,6 +378,12 @@ impl Request {
             Request::SubscribeCancel(m) => encode_frame(kind, correlation_id, m, dst),
             Request::Metadata(m) => encode_frame(kind, correlation_id, m, dst),
             Request::GetServers(m) => encode_frame(kind, correlation_id, m, dst),
+            Request::Join(m) => encode_frame(kind, correlation_id, m, dst),
+            Request::Leave(m) => encode_frame(kind, correlation_id, m, dst),
+            Request::RaftAppend(m) => encode_frame(kind, correlation_id, m, dst),
+            Request::RaftVote(m) => encode_frame(kind, correlation_id, m, dst),
+            Request::RaftSnapshot(m) => encode_frame(kind, correlation_id, m, dst),
+            Request::RaftTransferLeader(m) => encode_frame(kind, correlation_id, m, dst),
         }
     }
 
@@ -338,6 +397,12 @@ impl Request {
             Request::SubscribeCancel(m) => frame_bytes(m),
             Request::Metadata(m) => frame_bytes(m),
             Request::GetServers(m) => frame_bytes(m),
+            Request::Join(m) => frame_bytes(m),
+            Request::Leave(m) => frame_bytes(m),
+            Request::RaftAppend(m) => frame_bytes(m),
+            Request::RaftVote(m) => frame_bytes(m),
+            Request::RaftSnapshot(m) => frame_bytes(m),
+            Request::RaftTransferLeader(m) => frame_bytes(m),
         }
     }
 }
@@ -351,6 +416,12 @@ pub enum Response {
     SubscribeCancel(SubscribeCancelResponse),
     Metadata(MetadataResponse),
     GetServers(GetServersResponse),
+    Join(JoinResponse),
+    Leave(LeaveResponse),
+    RaftAppend(RaftAppendResponse),
+    RaftVote(RaftVoteResponse),
+    RaftSnapshot(RaftSnapshotResponse),
+    RaftTransferLeader(RaftTransferLeaderResponse),
     Error(ErrorResponse),
 }
 
@@ -363,6 +434,12 @@ impl Response {
             Response::SubscribeCancel(_) => FrameKind::SubscribeCancelResponse,
             Response::Metadata(_) => FrameKind::MetadataResponse,
             Response::GetServers(_) => FrameKind::GetServersResponse,
+            Response::Join(_) => FrameKind::JoinResponse,
+            Response::Leave(_) => FrameKind::LeaveResponse,
+            Response::RaftAppend(_) => FrameKind::RaftAppendResponse,
+            Response::RaftVote(_) => FrameKind::RaftVoteResponse,
+            Response::RaftSnapshot(_) => FrameKind::RaftSnapshotResponse,
+            Response::RaftTransferLeader(_) => FrameKind::RaftTransferLeaderResponse,
             Response::Error(_) => FrameKind::Error,
         }
     }
@@ -377,6 +454,12 @@ impl Response {
             Response::SubscribeCancel(m) => encode_frame(kind, correlation_id, m, dst),
             Response::Metadata(m) => encode_frame(kind, correlation_id, m, dst),
             Response::GetServers(m) => encode_frame(kind, correlation_id, m, dst),
+            Response::Join(m) => encode_frame(kind, correlation_id, m, dst),
+            Response::Leave(m) => encode_frame(kind, correlation_id, m, dst),
+            Response::RaftAppend(m) => encode_frame(kind, correlation_id, m, dst),
+            Response::RaftVote(m) => encode_frame(kind, correlation_id, m, dst),
+            Response::RaftSnapshot(m) => encode_frame(kind, correlation_id, m, dst),
+            Response::RaftTransferLeader(m) => encode_frame(kind, correlation_id, m, dst),
             Response::Error(m) => encode_frame(kind, correlation_id, m, dst),
         }
     }
@@ -390,6 +473,12 @@ impl Response {
             Response::SubscribeCancel(m) => frame_bytes(m),
             Response::Metadata(m) => frame_bytes(m),
             Response::GetServers(m) => frame_bytes(m),
+            Response::Join(m) => frame_bytes(m),
+            Response::Leave(m) => frame_bytes(m),
+            Response::RaftAppend(m) => frame_bytes(m),
+            Response::RaftVote(m) => frame_bytes(m),
+            Response::RaftSnapshot(m) => frame_bytes(m),
+            Response::RaftTransferLeader(m) => frame_bytes(m),
             Response::Error(m) => frame_bytes(m),
         }
     }
@@ -428,12 +517,30 @@ pub fn decode_request(frame: &Frame) -> Result<Request, FrameError> {
         FrameKind::GetServers => {
             Request::GetServers(GetServersRequest::decode(body).map_err(bad_body)?)
         }
+        FrameKind::Join => Request::Join(JoinRequest::decode(body).map_err(bad_body)?),
+        FrameKind::Leave => Request::Leave(LeaveRequest::decode(body).map_err(bad_body)?),
+        FrameKind::RaftAppend => {
+            Request::RaftAppend(RaftAppendRequest::decode(body).map_err(bad_body)?)
+        }
+        FrameKind::RaftVote => Request::RaftVote(RaftVoteRequest::decode(body).map_err(bad_body)?),
+        FrameKind::RaftSnapshot => {
+            Request::RaftSnapshot(RaftSnapshotRequest::decode(body).map_err(bad_body)?)
+        }
+        FrameKind::RaftTransferLeader => {
+            Request::RaftTransferLeader(RaftTransferLeaderRequest::decode(body).map_err(bad_body)?)
+        }
         FrameKind::ProduceResponse
         | FrameKind::ConsumeResponse
         | FrameKind::SubscribeEvent
         | FrameKind::SubscribeCancelResponse
         | FrameKind::MetadataResponse
         | FrameKind::GetServersResponse
+        | FrameKind::JoinResponse
+        | FrameKind::LeaveResponse
+        | FrameKind::RaftAppendResponse
+        | FrameKind::RaftVoteResponse
+        | FrameKind::RaftSnapshotResponse
+        | FrameKind::RaftTransferLeaderResponse
         | FrameKind::Error => {
             return Err(FrameError::UnexpectedKind {
                 kind,
@@ -477,6 +584,20 @@ pub fn decode_response(frame: &Frame) -> Result<Response, FrameError> {
         FrameKind::GetServersResponse => {
             Response::GetServers(GetServersResponse::decode(body).map_err(bad_body)?)
         }
+        FrameKind::JoinResponse => Response::Join(JoinResponse::decode(body).map_err(bad_body)?),
+        FrameKind::LeaveResponse => Response::Leave(LeaveResponse::decode(body).map_err(bad_body)?),
+        FrameKind::RaftAppendResponse => {
+            Response::RaftAppend(RaftAppendResponse::decode(body).map_err(bad_body)?)
+        }
+        FrameKind::RaftVoteResponse => {
+            Response::RaftVote(RaftVoteResponse::decode(body).map_err(bad_body)?)
+        }
+        FrameKind::RaftSnapshotResponse => {
+            Response::RaftSnapshot(RaftSnapshotResponse::decode(body).map_err(bad_body)?)
+        }
+        FrameKind::RaftTransferLeaderResponse => Response::RaftTransferLeader(
+            RaftTransferLeaderResponse::decode(body).map_err(bad_body)?,
+        ),
         FrameKind::Error => Response::Error(ErrorResponse::decode(body).map_err(bad_body)?),
         FrameKind::Produce
         | FrameKind::Consume
@@ -484,7 +605,13 @@ pub fn decode_response(frame: &Frame) -> Result<Response, FrameError> {
         | FrameKind::SubscribeCredit
         | FrameKind::SubscribeCancel
         | FrameKind::Metadata
-        | FrameKind::GetServers => {
+        | FrameKind::GetServers
+        | FrameKind::Join
+        | FrameKind::Leave
+        | FrameKind::RaftAppend
+        | FrameKind::RaftVote
+        | FrameKind::RaftSnapshot
+        | FrameKind::RaftTransferLeader => {
             return Err(FrameError::UnexpectedKind {
                 kind,
                 correlation_id,
@@ -503,8 +630,11 @@ fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Record, Server};
-    use rand::{Rng, SeedableRng};
+    use crate::proto::{
+        RaftEntry, RaftEntryKind, RaftLogId, RaftSnapshotMeta, RaftTransferLeaderResult, RaftVote,
+        Record, Server,
+    };
+    use rand::{RngExt, SeedableRng};
 
     fn produce(partition: u32, records: &[&[u8]]) -> Request {
         Request::Produce(ProduceRequest {
@@ -521,6 +651,16 @@ mod tests {
                 offset: 1 << 40,
                 max_bytes: 1 << 20,
                 max_wait_ms: 500,
+                linearizable: true,
+            }),
+            Request::Join(JoinRequest {
+                partition: 1,
+                node_id: 4,
+                addr: "127.0.0.1:7404".into(),
+            }),
+            Request::Leave(LeaveRequest {
+                partition: 1,
+                node_id: 4,
             }),
             Request::Subscribe(SubscribeRequest {
                 partition: 3,
@@ -532,7 +672,72 @@ mod tests {
             Request::SubscribeCancel(SubscribeCancel {}),
             Request::Metadata(MetadataRequest {}),
             Request::GetServers(GetServersRequest {}),
+            Request::RaftAppend(RaftAppendRequest {
+                partition: 4,
+                from_node: 1,
+                vote: Some(vote(3, 1, true)),
+                prev_log_id: Some(log_id(2, 9)),
+                entries: vec![
+                    RaftEntry {
+                        term: 3,
+                        index: 10,
+                        kind: RaftEntryKind::Normal as i32,
+                        timestamp_ms: 1_700_000_000_000,
+                        count: 1,
+                        body: Bytes::from_static(b"\x02\0\0\0hi"),
+                        membership_json: Bytes::new(),
+                    },
+                    RaftEntry {
+                        term: 3,
+                        index: 11,
+                        kind: RaftEntryKind::Blank as i32,
+                        ..RaftEntry::default()
+                    },
+                ],
+                leader_commit: None,
+            }),
+            Request::RaftVote(RaftVoteRequest {
+                partition: 4,
+                from_node: 2,
+                vote: Some(vote(4, 2, false)),
+                last_log_id: Some(log_id(3, 11)),
+                leadership_transfer: true,
+                pre_vote: true,
+            }),
+            Request::RaftSnapshot(RaftSnapshotRequest {
+                partition: 4,
+                from_node: 1,
+                transfer_id: 77,
+                chunk_index: 0,
+                vote: Some(vote(3, 1, true)),
+                meta: Some(RaftSnapshotMeta {
+                    last_log_id: Some(log_id(3, 11)),
+                    membership_log_id: Some(log_id(1, 0)),
+                    membership_json: Bytes::from_static(b"{}"),
+                }),
+                batches: vec![Bytes::from_static(b"batch")],
+                last: true,
+            }),
+            Request::RaftTransferLeader(RaftTransferLeaderRequest {
+                partition: 4,
+                from_node: 1,
+                from_leader: Some(vote(3, 1, true)),
+                to_node_id: 2,
+                last_log_id: None,
+            }),
         ]
+    }
+
+    fn vote(term: u64, node_id: u64, committed: bool) -> RaftVote {
+        RaftVote {
+            term,
+            node_id,
+            committed,
+        }
+    }
+
+    fn log_id(term: u64, index: u64) -> RaftLogId {
+        RaftLogId { term, index }
     }
 
     fn every_response() -> Vec<Response> {
@@ -570,6 +775,11 @@ mod tests {
                     leader_id: "node-1".into(),
                     log_start_offset: 0,
                     high_watermark: 12,
+                    members: vec![crate::proto::Member {
+                        node_id: 1,
+                        addr: "127.0.0.1:7400".into(),
+                        voter: true,
+                    }],
                 }],
             }),
             Response::GetServers(GetServersResponse {
@@ -578,7 +788,31 @@ mod tests {
                     rpc_addr: "127.0.0.1:7400".into(),
                     is_leader: true,
                     partitions_led: vec![0, 1],
+                    partitions_voter: vec![0, 1],
+                    partitions_learner: vec![2],
                 }],
+            }),
+            Response::Join(JoinResponse { voter: true }),
+            Response::Leave(LeaveResponse {}),
+            Response::RaftAppend(RaftAppendResponse {
+                result: crate::proto::RaftAppendResult::PartialSuccess as i32,
+                matched: Some(log_id(3, 10)),
+                higher_vote: None,
+            }),
+            Response::RaftVote(RaftVoteResponse {
+                vote: Some(vote(4, 2, false)),
+                vote_granted: true,
+                last_log_id: None,
+            }),
+            Response::RaftSnapshot(RaftSnapshotResponse {
+                vote: Some(vote(3, 1, true)),
+            }),
+            Response::RaftTransferLeader(RaftTransferLeaderResponse {
+                result: RaftTransferLeaderResult::VoteChanged as i32,
+                expected_vote: Some(vote(3, 1, true)),
+                actual_vote: Some(vote(5, 3, false)),
+                expected_log_id: None,
+                actual_log_id: None,
             }),
             Response::Error(crate::net::errors::wrong_core(crate::Partition(1), 2)),
         ]
@@ -668,6 +902,13 @@ mod tests {
             ),
             (FrameKind::Metadata, FrameKind::MetadataResponse),
             (FrameKind::GetServers, FrameKind::GetServersResponse),
+            (FrameKind::RaftAppend, FrameKind::RaftAppendResponse),
+            (FrameKind::RaftVote, FrameKind::RaftVoteResponse),
+            (FrameKind::RaftSnapshot, FrameKind::RaftSnapshotResponse),
+            (
+                FrameKind::RaftTransferLeader,
+                FrameKind::RaftTransferLeaderResponse,
+            ),
         ];
         for (request, response) in pairs {
             assert_eq!(request as u8 | 0x80, response as u8);
@@ -677,15 +918,61 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_byte_decodes_to_itself_and_peer_kinds_are_free() {
+    fn every_kind_byte_decodes_to_itself() {
         for kind in FrameKind::ALL {
             assert_eq!(FrameKind::from_u8(kind as u8), Some(kind));
         }
-        for byte in PEER_REQUEST_KINDS {
+        let mut known = 0;
+        for byte in 0..=u8::MAX {
+            if let Some(kind) = FrameKind::from_u8(byte) {
+                assert_eq!(kind as u8, byte);
+                known += 1;
+            }
+        }
+        assert_eq!(known, FrameKind::ALL.len(), "ALL lists every kind once");
+        assert_eq!(FrameKind::from_u8(0), None);
+    }
+
+    #[test]
+    fn peer_kinds_sit_in_the_peer_range_and_client_kinds_do_not() {
+        for kind in FrameKind::ALL {
+            let byte = kind as u8 & 0x7F;
+            assert_eq!(
+                kind.is_peer(),
+                PEER_REQUEST_KINDS.contains(&byte),
+                "{kind:?}"
+            );
+        }
+        let peer: Vec<_> = FrameKind::ALL.into_iter().filter(|k| k.is_peer()).collect();
+        assert_eq!(peer.len(), 8, "four peer requests and their responses");
+        assert!(!FrameKind::Error.is_peer());
+        // The rest of the range stays free for later peer messages.
+        for byte in 0x44..=0x7E {
             assert_eq!(FrameKind::from_u8(byte), None);
             assert_eq!(FrameKind::from_u8(byte | 0x80), None);
         }
-        assert_eq!(FrameKind::from_u8(0), None);
+    }
+
+    #[test]
+    fn peer_requests_and_responses_decode_only_in_their_direction() {
+        for request in every_request().into_iter().filter(|r| r.kind().is_peer()) {
+            let mut buf = BytesMut::new();
+            request.encode(5, &mut buf);
+            let frame = FrameDecoder::default().decode(&mut buf).unwrap().unwrap();
+            assert!(matches!(
+                decode_response(&frame),
+                Err(FrameError::UnexpectedKind { .. })
+            ));
+        }
+        for response in every_response().into_iter().filter(|r| r.kind().is_peer()) {
+            let mut buf = BytesMut::new();
+            response.encode(5, &mut buf);
+            let frame = FrameDecoder::default().decode(&mut buf).unwrap().unwrap();
+            assert!(matches!(
+                decode_request(&frame),
+                Err(FrameError::UnexpectedKind { .. })
+            ));
+        }
     }
 
     #[test]
@@ -828,7 +1115,7 @@ mod tests {
     fn unknown_kind_is_consumed_and_decoding_continues() {
         let mut buf = BytesMut::new();
         buf.put_u32(FRAME_LENGTH_MIN + 2);
-        buf.put_u8(0x42);
+        buf.put_u8(0x7E);
         buf.put_u32(11);
         buf.put_slice(b"??");
         produce(1, &[b"next"]).encode(12, &mut buf);
@@ -837,7 +1124,7 @@ mod tests {
         assert_eq!(
             err,
             FrameError::UnknownKind {
-                kind: 0x42,
+                kind: 0x7E,
                 correlation_id: 11
             }
         );

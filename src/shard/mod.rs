@@ -7,7 +7,7 @@
 //! [`CoreMsg`]s, bounded.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +59,15 @@ pub struct NodeShared {
     pub ready: AtomicBool,
     /// The address the TLS port is bound to (the real port when configured as 0).
     pub listen: std::net::SocketAddr,
+    /// Replicated nodes: the address peers and clients use for this node.
+    pub advertise: String,
+    /// The data directory was new at this start (a replicated node then bootstraps or joins).
+    pub fresh: bool,
+    /// Replicated nodes: the node's own client-side TLS (its node certificate) for peers.
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Cores whose partitions all have a leader (or gave up waiting): `/health` is ready when
+    /// every core is.
+    pub cores_led: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeShared {
@@ -88,6 +97,10 @@ pub struct Shard {
     pub connection_closed: Event,
     /// Records served so far (drives `--inject-fault`).
     records_served: Cell<u64>,
+    /// The Raft groups of this core's partitions.
+    pub raft_groups: RefCell<HashMap<Partition, crate::raft::types::Raft>>,
+    /// Replicated nodes: the Raft group of each partition this core owns.
+    pub groups: RefCell<BTreeMap<Partition, crate::raft::group::Group>>,
 }
 
 impl Shard {
@@ -108,6 +121,8 @@ impl Shard {
             shutting_down: Cell::new(false),
             connection_closed: Event::new(),
             records_served: Cell::new(0),
+            raft_groups: RefCell::new(HashMap::new()),
+            groups: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -135,6 +150,19 @@ impl Shard {
             kept.push(r);
         }
         *records = kept;
+    }
+
+    /// The Raft group of partition `p` (replicated nodes; `p` owned by this core).
+    pub fn group(&self, p: Partition) -> Option<crate::raft::group::Group> {
+        self.groups.borrow().get(&p).cloned()
+    }
+
+    /// Registers a partition's Raft group: peers' RPCs and client requests reach it.
+    pub fn add_group(&self, group: crate::raft::group::Group) {
+        self.raft_groups
+            .borrow_mut()
+            .insert(group.partition, group.raft.clone());
+        self.groups.borrow_mut().insert(group.partition, group);
     }
 
     pub fn set_senders(&self, senders: Senders<CoreMsg>) {
@@ -175,9 +203,23 @@ impl Shard {
             .map(|(p, log)| PartitionInfo {
                 partition: p.0,
                 owner_core: self.core as u32,
-                leader_id: self.node.config.node_id.clone(),
+                leader_id: match self.group(*p) {
+                    Some(g) => g.leader().map(|(id, _)| id.to_string()).unwrap_or_default(),
+                    None => self.node.config.node_id.to_string(),
+                },
                 log_start_offset: log.lowest_offset().get(),
                 high_watermark: log.durable_offset().get(),
+                members: self.group(*p).map_or_else(Vec::new, |g| {
+                    let (nodes, voters) = g.members();
+                    nodes
+                        .into_iter()
+                        .map(|(node_id, addr)| crate::proto::Member {
+                            node_id,
+                            addr,
+                            voter: voters.contains(&node_id),
+                        })
+                        .collect()
+                }),
             })
             .collect()
     }
@@ -216,5 +258,10 @@ impl Shard {
         }
         snaps.sort_by_key(|s| s.core);
         snaps
+    }
+
+    /// The Raft group of `partition`, if it lives on this core.
+    pub fn raft_group(&self, partition: Partition) -> Option<crate::raft::types::Raft> {
+        self.raft_groups.borrow().get(&partition).cloned()
     }
 }

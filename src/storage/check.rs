@@ -89,6 +89,8 @@ const INDEX_FILE_BYTES_MAX: u64 = 256 << 20;
 /// The file an unfinished `truncate_after` leaves behind (mirrors the private constant of
 /// `log.rs`): the cut offset as u64 LE, then the CRC32C of those 8 bytes.
 const TRUNCATE_MARKER: &str = "truncate-after";
+/// A replicated partition's Raft state (vote, committed, applied); see `raft::meta`.
+const RAFT_META: &str = "raft-meta";
 /// Name of the subdirectory of a data directory that holds one directory per partition.
 const PARTITIONS_DIR: &str = "partitions";
 
@@ -486,7 +488,7 @@ fn list_partition(disk: &Disk, dir: &Path) -> Result<Listing> {
             listing.stores.push(base);
         } else if let Some(base) = parse_segment_name(&path, INDEX_SUFFIX) {
             listing.indexes.push(base);
-        } else if file_name(&path) != TRUNCATE_MARKER {
+        } else if file_name(&path) != TRUNCATE_MARKER && file_name(&path) != RAFT_META {
             listing.other.push(file_name(&path));
         }
     }
@@ -950,18 +952,28 @@ fn check_truncate_marker(dir: &Path) -> Result<Option<Issue>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::from_io("reading", &path, e)),
     };
-    let valid = bytes.len() == 12 && crc32c::crc32c(&bytes[..8]).to_le_bytes() == bytes[8..12];
+    let body = bytes.len().saturating_sub(4);
+    let valid = (bytes.len() == 12 || (bytes.len() == 20 && bytes.starts_with(b"RAFT")))
+        && crc32c::crc32c(&bytes[..body]).to_le_bytes() == bytes[body..];
     let issue = if valid {
-        let mut cut = [0u8; 8];
-        cut.copy_from_slice(&bytes[..8]);
+        let message = if bytes.len() == 12 {
+            let cut = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            format!("an unfinished truncate_after: the next open removes offsets from {cut} on")
+        } else {
+            let keep = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+            match keep.checked_sub(1) {
+                Some(k) => format!(
+                    "an unfinished Raft truncation: the next open removes batches after Raft \
+                     index {k}"
+                ),
+                None => "an unfinished Raft truncation: the next open removes every batch".into(),
+            }
+        };
         Issue {
             severity: Severity::Warning,
             file: TRUNCATE_MARKER.into(),
             position: None,
-            message: format!(
-                "an unfinished truncate_after: the next open removes offsets from {} on",
-                u64::from_le_bytes(cut)
-            ),
+            message,
         }
     } else {
         // The marker is written atomically (rename), so a bad one is damage: open refuses it.
@@ -1464,13 +1476,15 @@ mod tests {
         std::fs::remove_file(index_path(&dir, Offset(2))).unwrap();
         std::fs::write(index_path(&dir, Offset(50)), [0u8; 4096]).unwrap();
         std::fs::write(dir.join("raft-meta"), b"meta").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"foreign").unwrap();
         let mut marker = 3u64.to_le_bytes().to_vec();
         marker.extend(crc32c::crc32c(&marker).to_le_bytes());
         std::fs::write(dir.join(TRUNCATE_MARKER), marker).unwrap();
 
         let report = run(check_partition(&dir)).unwrap();
         assert_eq!(report.status, Status::Warning, "{report:#?}");
-        assert_eq!(report.other_files, vec!["raft-meta".to_string()]);
+        // `raft-meta` belongs to a replicated partition; anything else is foreign.
+        assert_eq!(report.other_files, vec!["notes.txt".to_string()]);
         assert!(
             report.segments[1].issues[0]
                 .message

@@ -116,6 +116,36 @@ pub fn encode_batch<V: AsRef<[u8]>>(base_offset: Offset, values: &[V], meta: Bat
     seal(buf)
 }
 
+/// Checks that `body` is exactly `count` records (`[u32 len][value]` each) — the body of a
+/// batch that arrived from elsewhere (a Raft entry) before it is stored.
+pub fn check_records_body(count: u32, body: &[u8]) -> Result<(), FormatError> {
+    let mut at = 0usize;
+    for _ in 0..count {
+        let Some(len) = body.get(at..at + RECORD_OVERHEAD_BYTES) else {
+            return Err(FormatError::BadRecords);
+        };
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        at = at
+            .checked_add(RECORD_OVERHEAD_BYTES + len)
+            .filter(|&end| end <= body.len())
+            .ok_or(FormatError::BadRecords)?;
+    }
+    if at != body.len() {
+        return Err(FormatError::BadRecords);
+    }
+    Ok(())
+}
+
+/// Encodes a batch from an already encoded records body (see [`check_records_body`], which
+/// the caller must have run).
+pub fn encode_records_body(base_offset: Offset, count: u32, body: &[u8], meta: BatchMeta) -> Bytes {
+    let len = HEADER_BYTES + body.len();
+    let mut buf = BytesMut::with_capacity(len);
+    put_header(&mut buf, 0, len, base_offset, count, meta);
+    buf.put_slice(body);
+    seal(buf)
+}
+
 /// Encodes a control batch (no records) carrying an opaque payload, e.g. a Raft membership
 /// entry. It occupies no offset: `base_offset` is the offset of the next record.
 pub fn encode_control(base_offset: Offset, payload: &[u8], meta: BatchMeta) -> Bytes {
@@ -314,6 +344,11 @@ impl Batch {
         }
     }
 
+    /// The bytes after the header: the records of a data batch, the payload of a control one.
+    pub fn body(&self) -> Bytes {
+        self.bytes.slice(HEADER_BYTES..)
+    }
+
     /// The batch's records with their offsets.
     pub fn records(&self) -> Records {
         Records {
@@ -453,7 +488,7 @@ mod tests {
 
     #[test]
     fn random_garbage_never_parses_as_a_batch() {
-        use rand::{Rng, SeedableRng};
+        use rand::{RngExt, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..10_000 {
             let len = rng.random_range(0..300);

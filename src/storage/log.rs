@@ -59,6 +59,17 @@ use crate::types::Offset;
 
 /// Marks an unfinished `truncate_after`: it holds the first offset to remove.
 const TRUNCATE_MARKER: &str = "truncate-after";
+/// A Raft cut's marker starts with this tag, then holds `keep + 1` (0: nothing kept).
+const RAFT_MARKER_TAG: [u8; 8] = *b"RAFT\0\0\0\0";
+
+/// An unfinished cut, as recorded in the truncate marker.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Marker {
+    /// `truncate_after`: the first offset to remove.
+    Offset(Offset),
+    /// `truncate_raft_after`: the Raft index of the last batch kept.
+    RaftAfter(Option<u64>),
+}
 /// How many index entries open walks back before rebuilding the active index from scratch.
 const INDEX_BACKTRACK_MAX: usize = 8;
 /// Bytes per chunk handed out by [`LogReader`].
@@ -174,8 +185,11 @@ struct State {
     unpublished_batches: usize,
     /// The offset the next append gets.
     next_offset: Offset,
-    /// Every offset below this is durable and readable.
+    /// Every offset below this is durable.
     durable: Offset,
+    /// Replicated partitions: readers see only offsets below this (the Raft high watermark),
+    /// set by [`Log::set_high_watermark`]. `None`: readers see everything durable.
+    gate: Option<Offset>,
     queue: VecDeque<Pending>,
     queue_bytes: usize,
     /// Recent durable batches, oldest first, contiguous up to `durable`.
@@ -210,12 +224,20 @@ impl State {
         self.segments[0].base()
     }
 
+    /// The end of what readers may see: durable, and below the high watermark if gated.
+    fn visible(&self) -> Offset {
+        match self.gate {
+            Some(gate) => gate.min(self.durable),
+            None => self.durable,
+        }
+    }
+
     fn out_of_range(&self, offset: Offset) -> Error {
         let lowest = self.lowest();
         Error::OffsetOutOfRange {
             offset,
             lowest,
-            highest: (self.durable > lowest).then(|| Offset(self.durable.get() - 1)),
+            highest: (self.visible() > lowest).then(|| Offset(self.visible().get() - 1)),
         }
     }
 
@@ -279,6 +301,7 @@ impl Log {
             unpublished_batches: 0,
             next_offset: durable,
             durable,
+            gate: None,
             queue: VecDeque::new(),
             queue_bytes: 0,
             cache: VecDeque::new(),
@@ -306,18 +329,27 @@ impl Log {
             observer: RefCell::new(None),
             sync_tail: RefCell::new(None),
         });
-        if let Some(cut) = recovered.truncate_marker {
-            let _permit = shared.lock().await?;
-            if cut < shared.state.borrow().durable {
-                match shared.plan_cut(cut).await {
-                    Ok(plan) => shared.apply_cut(plan).await?,
-                    Err(Error::InvalidArgument(why)) => {
-                        log::warn!("{}: ignoring truncate marker: {why}", shared.dir.display())
+        match recovered.truncate_marker {
+            Some(Marker::Offset(cut)) => {
+                let _permit = shared.lock().await?;
+                if cut < shared.state.borrow().durable {
+                    match shared.plan_cut(cut).await {
+                        Ok(plan) => shared.apply_cut(plan).await?,
+                        Err(Error::InvalidArgument(why)) => {
+                            log::warn!("{}: ignoring truncate marker: {why}", shared.dir.display())
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
+                shared.clear_truncate_marker().await?;
             }
-            shared.clear_truncate_marker().await?;
+            Some(Marker::RaftAfter(keep)) => {
+                let _permit = shared.lock().await?;
+                let plan = shared.plan_raft_cut(keep).await?;
+                shared.apply_cut(plan).await?;
+                shared.clear_truncate_marker().await?;
+            }
+            None => {}
         }
         glommio::spawn_local(flusher(shared.clone())).detach();
         Ok(Log { shared })
@@ -432,7 +464,7 @@ impl Log {
             let seen = self.shared.committed.generation();
             {
                 let st = self.shared.state.borrow();
-                if st.durable > offset {
+                if st.visible() > offset {
                     return Ok(());
                 }
                 if st.closed || st.closing {
@@ -456,12 +488,123 @@ impl Log {
     /// The newest durable offset, `None` when the log holds no records.
     pub fn highest_offset(&self) -> Option<Offset> {
         let st = self.shared.state.borrow();
-        (st.durable > st.lowest()).then(|| Offset(st.durable.get() - 1))
+        (st.visible() > st.lowest()).then(|| Offset(st.visible().get() - 1))
     }
 
-    /// The first offset that is not durable yet: the end of what readers can see.
+    /// The end of what readers can see: the first offset that is not durable yet, or for a
+    /// replicated partition the high watermark if that is lower.
     pub fn durable_offset(&self) -> Offset {
+        self.shared.state.borrow().visible()
+    }
+
+    /// The first offset that is not durable yet, whatever the high watermark.
+    pub fn written_offset(&self) -> Offset {
         self.shared.state.borrow().durable
+    }
+
+    /// Replicated partitions: readers see offsets below `offset` only (the Raft high
+    /// watermark, advanced as entries commit). Wakes waiting readers.
+    pub fn set_high_watermark(&self, offset: Offset) {
+        self.shared.state.borrow_mut().gate = Some(offset);
+        self.shared.committed.notify();
+    }
+
+    /// Queues an already encoded records body (a Raft entry's records) as one batch; see
+    /// [`Log::submit_batch`]. The body is checked to hold exactly `count` records.
+    pub async fn submit_records_body(
+        &self,
+        count: u32,
+        body: &[u8],
+        meta: BatchMeta,
+    ) -> Result<AppendTicket> {
+        if count == 0 {
+            return Err(Error::InvalidArgument(
+                "a batch needs at least one record".into(),
+            ));
+        }
+        format::check_records_body(count, body)
+            .map_err(|e| Error::InvalidArgument(format!("records body: {e}")))?;
+        let len = format::HEADER_BYTES + body.len();
+        self.shared
+            .enqueue(len, meta, count as u64, |base| {
+                format::encode_records_body(base, count, body, meta)
+            })
+            .await
+    }
+
+    /// Queues a control batch (no records, no offset); the ticket resolves once durable.
+    pub async fn submit_control(&self, payload: &[u8], meta: BatchMeta) -> Result<AppendTicket> {
+        let len = format::HEADER_BYTES + payload.len();
+        self.shared
+            .enqueue(len, meta, 0, |base| {
+                format::encode_control(base, payload, meta)
+            })
+            .await
+    }
+
+    /// Durable batches, control batches included, from the one with Raft index `from` on,
+    /// about `max_bytes` of them (at least one if any exists). Ignores the high watermark: this
+    /// is how the Raft log store reads its entries.
+    pub async fn read_raft(&self, from: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        self.shared.read_raft(from, max_bytes).await
+    }
+
+    /// The header of the newest durable batch, `None` when the log holds none.
+    pub async fn last_batch_header(&self) -> Result<Option<format::Header>> {
+        self.shared.last_batch_header().await
+    }
+
+    /// Removes every batch after the one with Raft index `keep` (Raft conflict resolution);
+    /// `None` removes everything. Like [`Log::truncate_after`]: queued appends are made durable
+    /// first, the cut is durable on return and finished by the next open after a crash.
+    pub async fn truncate_raft_after(&self, keep: Option<u64>) -> Result<()> {
+        let _permit = self.shared.lock().await?;
+        self.shared.flush_queued().await;
+        self.shared.state.borrow().writable()?;
+        match self.shared.last_batch_header().await? {
+            None => return Ok(()),
+            Some(last) if keep.is_some_and(|k| last.meta.raft_index <= k) => return Ok(()),
+            Some(_) => {}
+        }
+        let plan = self.shared.plan_raft_cut(keep).await?;
+        if let CutPlan::Within { seg, position, .. } = &plan
+            && Rc::ptr_eq(seg, self.shared.state.borrow().active())
+            && *position == seg.end()
+        {
+            return Ok(());
+        }
+        self.shared
+            .set_truncate_marker(Marker::RaftAfter(keep))
+            .await?;
+        self.shared.apply_cut(plan).await?;
+        self.shared.clear_truncate_marker().await
+    }
+
+    /// Removes whole sealed segments whose batches all have Raft indexes at or below `upto`
+    /// (Raft log purge). The active segment is never removed.
+    pub async fn purge_raft(&self, upto: u64) -> Result<usize> {
+        let _permit = self.shared.lock().await?;
+        let mut removed = 0;
+        loop {
+            let (first, second) = {
+                let st = self.shared.state.borrow();
+                if st.segments.len() < 2 {
+                    break;
+                }
+                (st.segments[0].clone(), st.segments[1].clone())
+            };
+            match second.first_raft_index().await? {
+                Some(next_first) if next_first <= upto.saturating_add(1) => {
+                    self.shared.remove_oldest(&first)?;
+                    removed += 1;
+                }
+                _ => break,
+            }
+        }
+        if removed > 0 {
+            self.shared.disk.sync_dir(&self.shared.dir).await?;
+        }
+        Ok(removed)
     }
 
     /// Bytes of appends queued and not yet durable (bounded by `queue_bytes_max`).
@@ -522,7 +665,7 @@ impl Log {
             }
         }
         let plan = self.shared.plan_cut(cut).await?;
-        self.shared.set_truncate_marker(cut).await?;
+        self.shared.set_truncate_marker(Marker::Offset(cut)).await?;
         self.shared.apply_cut(plan).await?;
         self.shared.clear_truncate_marker().await
     }
@@ -581,6 +724,14 @@ impl Log {
         self.shared.state.borrow().writable()?;
         let initial = self.shared.config.initial_offset;
         self.shared.replace_all_segments(initial).await
+    }
+
+    /// Removes every segment and starts again, empty, at `base` (installing a Raft snapshot).
+    pub async fn reset_at(&self, base: Offset) -> Result<()> {
+        let _permit = self.shared.lock().await?;
+        self.shared.flush_queued().await;
+        self.shared.state.borrow().writable()?;
+        self.shared.replace_all_segments(base).await
     }
 
     /// Closes the log and deletes its directory.
@@ -1083,14 +1234,17 @@ impl Shared {
             if st.closed {
                 return Err(Error::Closed);
             }
-            if offset < st.lowest() || offset > st.durable {
+            let visible = st.visible();
+            if offset < st.lowest() || offset > visible {
                 return Err(st.out_of_range(offset));
             }
-            if offset == st.durable {
+            if offset == visible {
                 return Ok(Vec::new());
             }
             if st.cache.front().is_some_and(|b| b.base_offset() <= offset) {
-                return Ok(collect_from(st.cache.iter(), offset, max_bytes));
+                let mut batches = collect_from(st.cache.iter(), offset, max_bytes);
+                batches.retain(|b| b.base_offset() < visible);
+                return Ok(batches);
             }
             let first = st.segments.partition_point(|s| s.base() <= offset) - 1;
             let candidates: Vec<(Rc<Segment>, u64)> = st.segments[first..]
@@ -1103,10 +1257,12 @@ impl Shared {
             if seg.next_offset() <= offset && seg.is_sealed() {
                 continue;
             }
-            let batches = seg
+            let mut batches = seg
                 .read_batches(offset, max_bytes, end, self.config.index_interval_bytes)
                 .await?;
             if !batches.is_empty() {
+                let visible = self.state.borrow().visible();
+                batches.retain(|b| b.base_offset() < visible);
                 return Ok(batches);
             }
         }
@@ -1117,6 +1273,140 @@ impl Shared {
             0,
             format!("offset {offset} below the durable end {durable} was not found"),
         ))
+    }
+
+    async fn read_raft(&self, from: u64, max_bytes: usize) -> Result<Vec<Batch>> {
+        let candidates: Vec<(Rc<Segment>, u64)> = {
+            let st = self.state.borrow();
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if st
+                .cache
+                .front()
+                .is_some_and(|b| b.header().meta.raft_index <= from)
+            {
+                let mut out = Vec::new();
+                let mut bytes = 0usize;
+                for b in st.cache.iter() {
+                    if b.header().meta.raft_index < from {
+                        continue;
+                    }
+                    bytes += b.len();
+                    out.push(b.clone());
+                    if bytes >= max_bytes {
+                        break;
+                    }
+                }
+                return Ok(out);
+            }
+            st.segments.iter().map(|s| (s.clone(), s.end())).collect()
+        };
+        // The newest segment starting at or before `from` (or the oldest, if `from` was purged).
+        let mut start = 0;
+        for (i, (seg, _)) in candidates.iter().enumerate().rev() {
+            if seg
+                .first_raft_index()
+                .await?
+                .is_some_and(|first| first <= from)
+            {
+                start = i;
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (seg, end) in &candidates[start..] {
+            if *end == 0 {
+                continue;
+            }
+            let batches = seg
+                .read_raft_batches(
+                    from,
+                    max_bytes.saturating_sub(bytes),
+                    *end,
+                    self.config.index_interval_bytes,
+                )
+                .await?;
+            for b in batches {
+                bytes += b.len();
+                out.push(b);
+            }
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn last_batch_header(&self) -> Result<Option<format::Header>> {
+        let segments: Vec<Rc<Segment>> = {
+            let st = self.state.borrow();
+            if let Some(b) = st.cache.back() {
+                return Ok(Some(*b.header()));
+            }
+            st.segments.clone()
+        };
+        for seg in segments.iter().rev() {
+            let end = seg.end();
+            if end == 0 {
+                continue;
+            }
+            seg.ensure_index(self.config.index_interval_bytes).await?;
+            let (pos, expected) = seg
+                .with_index(|ix| ix.last().map(|e| (e.position, e.offset)))
+                .unwrap_or((0, seg.base()));
+            let scan = scan_store(&seg.store, pos, expected, end, 0).await?;
+            if let Some((_, header)) = scan.batches.last() {
+                return Ok(Some(*header));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Finds where the log must be cut so that the batch with Raft index `keep` is the last
+    /// one (`None`: nothing stays), without changing anything. The caller holds the io lock.
+    async fn plan_raft_cut(&self, keep: Option<u64>) -> Result<CutPlan> {
+        let Some(keep) = keep else {
+            return Ok(CutPlan::Everything);
+        };
+        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.clone();
+        let mut found = None;
+        for (i, seg) in segments.iter().enumerate().rev() {
+            if seg
+                .first_raft_index()
+                .await?
+                .is_some_and(|first| first <= keep)
+            {
+                found = Some(i);
+                break;
+            }
+        }
+        let Some(i) = found else {
+            return Ok(CutPlan::Everything);
+        };
+        let seg = segments[i].clone();
+        let later = segments[i + 1..].to_vec();
+        seg.ensure_index(self.config.index_interval_bytes).await?;
+        let (pos, expected) = seg
+            .with_index(|ix| ix.lookup_raft_index(keep).map(|e| (e.position, e.offset)))
+            .unwrap_or((0, seg.base()));
+        let scan = scan_store(&seg.store, pos, expected, seg.end(), 0).await?;
+        let Some((position, header)) = scan.batches.iter().find(|(_, h)| h.meta.raft_index == keep)
+        else {
+            return Err(Error::corrupt(
+                seg.store_path(),
+                pos,
+                format!("no batch has Raft index {keep}"),
+            ));
+        };
+        Ok(CutPlan::Within {
+            seg,
+            later,
+            cut: header.next_offset(),
+            position: position + header.length as u64,
+            timestamp_ms: header.meta.timestamp_ms,
+        })
     }
 
     /// Finds where the log must be cut so that `cut` becomes the next offset, without changing
@@ -1193,14 +1483,10 @@ impl Shared {
             st.written_next = cut;
             st.next_offset = cut;
             st.durable = cut;
-            while st
-                .cache
-                .back()
-                .is_some_and(|b| b.base_offset() >= cut || b.next_offset() > cut)
-            {
-                let b = st.cache.pop_back().expect("back exists");
-                st.cache_bytes -= b.len();
-            }
+            // Control batches share offsets with their neighbours, so the cache cannot be cut
+            // by offset alone; it refills from new appends.
+            st.cache.clear();
+            st.cache_bytes = 0;
         }
         for s in later.iter().rev() {
             self.disk.remove_file(s.store_path())?;
@@ -1250,8 +1536,15 @@ impl Shared {
         Ok(())
     }
 
-    async fn set_truncate_marker(&self, cut: Offset) -> Result<()> {
-        let mut bytes = cut.get().to_le_bytes().to_vec();
+    async fn set_truncate_marker(&self, marker: Marker) -> Result<()> {
+        let mut bytes = match marker {
+            Marker::Offset(cut) => cut.get().to_le_bytes().to_vec(),
+            Marker::RaftAfter(keep) => {
+                let mut b = RAFT_MARKER_TAG.to_vec();
+                b.extend(keep.map_or(0, |k| k + 1).to_le_bytes());
+                b
+            }
+        };
         bytes.extend(crc32c::crc32c(&bytes).to_le_bytes());
         self.disk
             .write_file_atomic(&self.dir.join(TRUNCATE_MARKER), &bytes)
@@ -1428,7 +1721,7 @@ struct Recovered {
     active_end: u64,
     active_next: Offset,
     cache: Vec<Batch>,
-    truncate_marker: Option<Offset>,
+    truncate_marker: Option<Marker>,
 }
 
 async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovered> {
@@ -1452,8 +1745,8 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
         }
     }
     // An unfinished truncate_after: segments wholly past the cut go first (the cut itself is
-    // redone once the log is open).
-    if let Some(cut) = truncate_marker {
+    // redone once the log is open). A Raft cut is redone whole once the log is open.
+    if let Some(Marker::Offset(cut)) = truncate_marker {
         let keep_from = bases.partition_point(|b| *b < cut).max(1);
         if bases.len() > keep_from || bases.first().is_some_and(|b| *b >= cut) {
             let drop_from = if bases.first().is_some_and(|b| *b >= cut) {
@@ -1469,7 +1762,10 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
         }
     }
     if bases.is_empty() {
-        let base = truncate_marker.unwrap_or(config.initial_offset);
+        let base = match truncate_marker {
+            Some(Marker::Offset(cut)) => cut,
+            _ => config.initial_offset,
+        };
         let seg = create_segment(disk, dir, config, base).await?;
         return Ok(Recovered {
             segments: vec![Rc::new(seg)],
@@ -1502,14 +1798,17 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
     })
 }
 
-fn read_truncate_marker(dir: &Path) -> Result<Option<Offset>> {
+fn read_truncate_marker(dir: &Path) -> Result<Option<Marker>> {
     let path = dir.join(TRUNCATE_MARKER);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::from_io("reading", &path, e)),
     };
-    if bytes.len() != 12 || crc32c::crc32c(&bytes[..8]).to_le_bytes() != bytes[8..12] {
+    let body = bytes.len().saturating_sub(4);
+    if !(bytes.len() == 12 || bytes.len() == 20)
+        || crc32c::crc32c(&bytes[..body]).to_le_bytes() != bytes[body..]
+    {
         // Written atomically (rename), so a bad marker is damage, not a torn write.
         return Err(Error::corrupt(
             &path,
@@ -1517,8 +1816,19 @@ fn read_truncate_marker(dir: &Path) -> Result<Option<Offset>> {
             "truncate marker fails its checksum",
         ));
     }
-    let cut = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    Ok(Some(Offset(cut)))
+    if bytes.len() == 12 {
+        let cut = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        return Ok(Some(Marker::Offset(Offset(cut))));
+    }
+    if bytes[..8] != RAFT_MARKER_TAG {
+        return Err(Error::corrupt(
+            &path,
+            0,
+            "truncate marker has an unknown tag",
+        ));
+    }
+    let keep = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    Ok(Some(Marker::RaftAfter(keep.checked_sub(1))))
 }
 
 /// Opens a sealed segment with the cheap check: its last index entry's batch and everything

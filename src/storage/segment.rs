@@ -59,6 +59,17 @@ pub struct Segment {
     /// do not grow with the number of segments).
     index: RefCell<Option<Index>>,
     sealed: Cell<bool>,
+    /// The Raft index of the first batch, once read (replicated partitions).
+    first_raft: Cell<Option<u64>>,
+}
+
+/// Where a keyed read starts.
+#[derive(Copy, Clone, Debug)]
+enum ReadFrom {
+    /// Batches holding records at this offset or later (control batches skipped).
+    Offset(Offset),
+    /// Every batch with this Raft index or later.
+    Raft(u64),
 }
 
 /// Where a segment's data ends.
@@ -121,6 +132,7 @@ impl Segment {
             newest_timestamp_ms: Cell::new(newest_timestamp_ms),
             index: RefCell::new(index),
             sealed: Cell::new(sealed),
+            first_raft: Cell::new(None),
         }
     }
 
@@ -234,10 +246,38 @@ impl Segment {
         end: u64,
         interval_bytes: u64,
     ) -> Result<Vec<Batch>> {
+        self.read_keyed(ReadFrom::Offset(from), max_bytes, end, interval_bytes)
+            .await
+    }
+
+    /// Reads every batch (control batches included) whose Raft index is `from` or later, up to
+    /// about `max_bytes` (at least one), stopping at the position `end`.
+    pub(crate) async fn read_raft_batches(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        end: u64,
+        interval_bytes: u64,
+    ) -> Result<Vec<Batch>> {
+        self.read_keyed(ReadFrom::Raft(from), max_bytes, end, interval_bytes)
+            .await
+    }
+
+    async fn read_keyed(
+        &self,
+        from: ReadFrom,
+        max_bytes: usize,
+        end: u64,
+        interval_bytes: u64,
+    ) -> Result<Vec<Batch>> {
         self.ensure_index(interval_bytes).await?;
         let (mut pos, mut expected) = {
             let index = self.index.borrow();
-            match index.as_ref().and_then(|i| i.lookup(from)) {
+            let entry = index.as_ref().and_then(|i| match from {
+                ReadFrom::Offset(o) => i.lookup(o),
+                ReadFrom::Raft(r) => i.lookup_raft_index(r),
+            });
+            match entry {
                 Some(e) => (e.position, e.offset),
                 None => (0, self.base),
             }
@@ -262,12 +302,30 @@ impl Segment {
             let batch = self.parse_at(data, pos, expected)?;
             pos += len as u64;
             expected = batch.next_offset();
-            if batch.next_offset() > from && batch.record_count() > 0 {
+            let wanted = match from {
+                ReadFrom::Offset(o) => batch.next_offset() > o && batch.record_count() > 0,
+                ReadFrom::Raft(r) => batch.header().meta.raft_index >= r,
+            };
+            if wanted {
                 bytes += batch.len();
                 out.push(batch);
             }
         }
         Ok(out)
+    }
+
+    /// The Raft index of the segment's first batch; `None` while the segment is empty.
+    pub(crate) async fn first_raft_index(&self) -> Result<Option<u64>> {
+        if let Some(first) = self.first_raft.get() {
+            return Ok(Some(first));
+        }
+        if self.end.get() == 0 {
+            return Ok(None);
+        }
+        let head = self.store.read_at(0, HEADER_BYTES).await?;
+        let header = format::decode_header(&head).map_err(|e| self.corrupt_at(0, e))?;
+        self.first_raft.set(Some(header.meta.raft_index));
+        Ok(Some(header.meta.raft_index))
     }
 
     fn parse_at(&self, bytes: Bytes, position: u64, expected: Offset) -> Result<Batch> {

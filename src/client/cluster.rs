@@ -1,0 +1,253 @@
+//! A replicated cluster behind one handle: routes each partition's requests to its leader.
+//!
+//! [`ClusterClient`] keeps a [`Client`] per node it has talked to and a cache of partition
+//! leaders. A `NotLeader` answer (certainly not applied) moves the partition to the named
+//! leader and resends; when no leader is known yet (an election is running) it waits a little
+//! and asks again. A broken connection to the leader forgets it (the next attempt asks another
+//! node); a produce is resent only when the server said it certainly was not applied.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::client::{Client, ClientConfig, ClientError};
+use crate::net::errors::ServerError;
+use crate::net::frame::{Request, Response};
+use crate::proto::{
+    ConsumeRequest, ConsumeResponse, GetServersResponse, JoinRequest, JoinResponse, LeaveRequest,
+    ProduceRequest, ProduceResponse,
+};
+
+/// How long a request keeps following leaders and waiting out elections.
+pub const LEADER_WAIT_MS_DEFAULT: u64 = 10_000;
+/// Pause before asking again when no leader is known.
+const NO_LEADER_BACKOFF_MS: u64 = 50;
+
+/// See the module doc.
+pub struct ClusterClient {
+    template: ClientConfig,
+    /// Nodes to ask when no leader is known, in order.
+    seeds: RefCell<Vec<SocketAddr>>,
+    nodes: RefCell<HashMap<SocketAddr, Rc<Client>>>,
+    leaders: RefCell<HashMap<u32, SocketAddr>>,
+    /// How long one request may spend finding a leader.
+    pub leader_wait: Duration,
+}
+
+impl ClusterClient {
+    /// A client for the cluster that `config.addr` belongs to (more seeds may be added).
+    pub fn new(config: ClientConfig) -> ClusterClient {
+        ClusterClient {
+            seeds: RefCell::new(vec![config.addr]),
+            template: config,
+            nodes: RefCell::new(HashMap::new()),
+            leaders: RefCell::new(HashMap::new()),
+            leader_wait: Duration::from_millis(LEADER_WAIT_MS_DEFAULT),
+        }
+    }
+
+    /// Adds nodes to try when no leader is known.
+    pub fn add_seeds(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let mut seeds = self.seeds.borrow_mut();
+        for a in addrs {
+            if !seeds.contains(&a) {
+                seeds.push(a);
+            }
+        }
+    }
+
+    /// The client of the node at `addr`, connecting if needed.
+    pub async fn node(&self, addr: SocketAddr) -> Result<Rc<Client>, ClientError> {
+        if let Some(c) = self.nodes.borrow().get(&addr) {
+            return Ok(c.clone());
+        }
+        let mut config = self.template.clone();
+        config.addr = addr;
+        config.server_name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        let client = Rc::new(Client::connect(config).await?);
+        self.nodes.borrow_mut().insert(addr, client.clone());
+        Ok(client)
+    }
+
+    /// The node believed to lead `partition` (a seed when unknown).
+    pub fn leader_of(&self, partition: u32, attempt: usize) -> SocketAddr {
+        if let Some(a) = self.leaders.borrow().get(&partition) {
+            return *a;
+        }
+        let seeds = self.seeds.borrow();
+        seeds[attempt % seeds.len()]
+    }
+
+    /// Appends `records` to `partition` on its leader; resolves once committed.
+    pub async fn produce(
+        &self,
+        partition: u32,
+        records: Vec<Bytes>,
+    ) -> Result<ProduceResponse, ClientError> {
+        let request = Request::Produce(ProduceRequest { partition, records });
+        match self.call_leader(partition, request, false).await? {
+            Response::Produce(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads from `partition`: from the leader with `linearizable` (a read index), else from
+    /// whichever node answers (below its high watermark).
+    pub async fn consume(
+        &self,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait: Duration,
+        linearizable: bool,
+    ) -> Result<ConsumeResponse, ClientError> {
+        let request = Request::Consume(ConsumeRequest {
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
+            linearizable,
+        });
+        match self.call_leader(partition, request, true).await? {
+            Response::Consume(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads `partition` from the node at `addr` (no routing: a follower answers from its own
+    /// log below its high watermark).
+    pub async fn consume_from(
+        &self,
+        addr: SocketAddr,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<ConsumeResponse, ClientError> {
+        let node = self.node(addr).await?;
+        node.consume(partition, offset, max_bytes, Duration::ZERO)
+            .await
+    }
+
+    /// Adds node `node_id` (reachable at `addr`) to `partition`'s group: learner, caught up,
+    /// then voter while the group has fewer voters than its replication factor.
+    pub async fn join(
+        &self,
+        partition: u32,
+        node_id: u64,
+        addr: &str,
+    ) -> Result<JoinResponse, ClientError> {
+        let request = Request::Join(JoinRequest {
+            partition,
+            node_id,
+            addr: addr.to_string(),
+        });
+        match self.call_leader(partition, request, true).await? {
+            Response::Join(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes node `node_id` from `partition`'s group.
+    pub async fn leave(&self, partition: u32, node_id: u64) -> Result<(), ClientError> {
+        let request = Request::Leave(LeaveRequest { partition, node_id });
+        match self.call_leader(partition, request, true).await? {
+            Response::Leave(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The cluster's servers, as the first reachable seed sees them.
+    pub async fn get_servers(&self) -> Result<GetServersResponse, ClientError> {
+        let seeds = self.seeds.borrow().clone();
+        let mut last = None;
+        for addr in seeds {
+            match self.node(addr).await {
+                Ok(node) => match node.get_servers().await {
+                    Ok(r) => return Ok(r),
+                    Err(e) => last = Some(e),
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one seed"))
+    }
+
+    /// Sends `request` to `partition`'s leader, following NotLeader and waiting out
+    /// elections for up to [`ClusterClient::leader_wait`].
+    async fn call_leader(
+        &self,
+        partition: u32,
+        request: Request,
+        idempotent: bool,
+    ) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut attempt = 0;
+        loop {
+            let addr = self.leader_of(partition, attempt);
+            attempt += 1;
+            let result = match self.node(addr).await {
+                Ok(node) => {
+                    node.call_partition(partition, request.clone(), idempotent)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            let retry_after = match &result {
+                Err(ClientError::Server(ServerError::NotLeader { leader_addr, .. })) => {
+                    match leader_addr
+                        .as_deref()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                    {
+                        Some(leader) if leader != addr => {
+                            self.add_seeds([leader]);
+                            self.leaders.borrow_mut().insert(partition, leader);
+                            Duration::ZERO
+                        }
+                        _ => {
+                            self.leaders.borrow_mut().remove(&partition);
+                            Duration::from_millis(NO_LEADER_BACKOFF_MS)
+                        }
+                    }
+                }
+                Err(ClientError::Server(ServerError::Unavailable { .. })) => {
+                    self.leaders.borrow_mut().remove(&partition);
+                    // A produce may or may not have been applied: the caller decides.
+                    if !idempotent {
+                        return result;
+                    }
+                    Duration::from_millis(NO_LEADER_BACKOFF_MS)
+                }
+                Err(e @ (ClientError::Connection { .. } | ClientError::Timeout { .. })) => {
+                    self.leaders.borrow_mut().remove(&partition);
+                    self.nodes.borrow_mut().remove(&addr);
+                    if !idempotent && !e.certainly_not_applied() {
+                        return result;
+                    }
+                    Duration::from_millis(NO_LEADER_BACKOFF_MS)
+                }
+                Ok(_) => {
+                    self.leaders.borrow_mut().insert(partition, addr);
+                    return result;
+                }
+                Err(_) => return result,
+            };
+            if Instant::now() + retry_after >= deadline {
+                return result;
+            }
+            if !retry_after.is_zero() {
+                crate::io::sleep(retry_after).await;
+            }
+        }
+    }
+}
+
+fn unexpected(response: &Response) -> ClientError {
+    ClientError::Protocol {
+        addr: String::new(),
+        message: format!("unexpected response {:?}", response.kind()),
+    }
+}

@@ -1,0 +1,303 @@
+//! One partition's Raft group on its owner core: start, bootstrap, membership, writes.
+//!
+//! The node keeps one [`Group`] per partition it owns (on the partition's core). Every group of
+//! a core shares that core's peer connections (`network::PeerPool`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, RaftNetworkFactory, ServerState};
+
+use crate::Offset;
+use crate::io::Disk;
+use crate::raft::store::{self, LogStore, StateMachine};
+use crate::raft::types::{LogSnapshot, Node, NodeId, Raft, RecordBatch, TypeConfig};
+use crate::storage::Log;
+use crate::types::Partition;
+
+/// Raft timing, from the node's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> RaftTiming {
+        RaftTiming {
+            heartbeat_ms: 50,
+            election_min_ms: 250,
+            election_max_ms: 500,
+        }
+    }
+}
+
+/// openraft's configuration for a partition group.
+pub fn raft_config(timing: RaftTiming) -> Result<Arc<openraft::Config>, String> {
+    let config = openraft::Config {
+        cluster_name: "corelog".into(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_min_ms,
+        election_timeout_max: timing.election_max_ms,
+        // The log is the data: never snapshot-and-purge it on a schedule. Followers catch up
+        // from the log itself.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
+        max_payload_entries: 1024,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| format!("Raft configuration: {e}"))
+}
+
+/// Why a write or a membership change did not happen here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// Another node leads (or nobody is known to): send there.
+    #[error("not the leader of this partition (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    /// The write may or may not have committed (leader change while it was in flight).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The group stopped (storage failure, shutdown).
+    #[error("replication unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn not_leader(f: &openraft::error::ForwardToLeader<TypeConfig>) -> GroupError {
+    GroupError::NotLeader {
+        leader: f
+            .leader_id
+            .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
+    }
+}
+
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> GroupError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => GroupError::Unknown(
+            format!("leader changed while the write was in flight; the new leader is {f}"),
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            GroupError::Invalid(c.to_string())
+        }
+        RaftError::APIError(other) => GroupError::Invalid(other.to_string()),
+        RaftError::Fatal(f) => GroupError::Unavailable(f.to_string()),
+    }
+}
+
+/// A partition's Raft group.
+#[derive(Clone)]
+pub struct Group {
+    pub partition: Partition,
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub store: LogStore,
+    pub sm: StateMachine,
+}
+
+impl Group {
+    /// Opens the Raft side of `log` and starts the group (it does not bootstrap: see
+    /// [`Group::bootstrap`]).
+    pub async fn start<N>(
+        node_id: NodeId,
+        partition: Partition,
+        log: Log,
+        network: N,
+        config: Arc<openraft::Config>,
+    ) -> crate::Result<Group>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+        N::Network: openraft::network::NetSnapshot<TypeConfig, SnapshotData = LogSnapshot>,
+    {
+        let (store, sm) = store::open(log, Disk::new()).await?;
+        let raft = Raft::new(node_id, config, network, store.clone(), sm.clone())
+            .await
+            .map_err(|e| crate::Error::InvalidArgument(format!("starting Raft: {e}")))?;
+        Ok(Group {
+            partition,
+            node_id,
+            raft,
+            store,
+            sm,
+        })
+    }
+
+    /// Makes this node the only member of a new cluster, unless the group already has state.
+    pub async fn bootstrap(&self, addr: &str) -> Result<(), GroupError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| GroupError::Unavailable(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(
+            self.node_id,
+            Node {
+                addr: addr.to_string(),
+            },
+        )]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(_)) => Ok(()), // initialized meanwhile
+            Err(RaftError::Fatal(f)) => Err(GroupError::Unavailable(f.to_string())),
+        }
+    }
+
+    /// The known leader: id and address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    /// Voters and learners with their addresses.
+    pub fn members(&self) -> (BTreeMap<NodeId, String>, BTreeSet<NodeId>) {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let nodes = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let voters = membership.voter_ids().collect();
+        (nodes, voters)
+    }
+
+    /// Appends records through Raft; resolves with the base offset once committed (a majority
+    /// has them durable) and applied here.
+    pub async fn write(&self, batch: RecordBatch) -> Result<Offset, GroupError> {
+        match self.raft.client_write(batch).await {
+            Ok(resp) => Ok(Offset(resp.data.base_offset)),
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// Waits until a read of everything committed before now is safe here (read index).
+    pub async fn linearizable_barrier(&self) -> Result<(), GroupError> {
+        use openraft::error::LinearizableReadError;
+        match self
+            .raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(not_leader(&f))
+            }
+            Err(RaftError::APIError(e)) => Err(GroupError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(GroupError::Unavailable(f.to_string())),
+        }
+    }
+
+    /// Adds a node: as a learner (caught up before this returns), then as a voter when the
+    /// group has fewer than `replication_factor` voters.
+    pub async fn add_node(
+        &self,
+        id: NodeId,
+        addr: &str,
+        replication_factor: usize,
+    ) -> Result<bool, GroupError> {
+        let node = Node {
+            addr: addr.to_string(),
+        };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(write_error)?;
+        let (_, voters) = self.members();
+        if voters.contains(&id) {
+            return Ok(true);
+        }
+        if voters.len() >= replication_factor {
+            return Ok(false);
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            .await
+            .map_err(write_error)?;
+        Ok(true)
+    }
+
+    /// Removes a node from the group (voter or learner).
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), GroupError> {
+        let (nodes, voters) = self.members();
+        if !nodes.contains_key(&id) {
+            return Ok(());
+        }
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(GroupError::Invalid(
+                    "cannot remove the last voter of a partition".into(),
+                ));
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error)?;
+        }
+        let (nodes, _) = self.members();
+        if nodes.contains_key(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error)?;
+        }
+        Ok(())
+    }
+
+    /// If this node leads, hands leadership to another voter and waits (up to `timeout`) for
+    /// it to take over. Returns whether this node still leads.
+    pub async fn hand_off_leadership(&self, timeout: Duration) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let (_, voters) = self.members();
+        let Some(to) = voters.into_iter().find(|v| *v != self.node_id) else {
+            return true;
+        };
+        if self.raft.trigger().transfer_leader(to).await.is_err() {
+            return self.is_leader();
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let state = self.raft.metrics().borrow_watched().state;
+            if state != ServerState::Leader {
+                return false;
+            }
+            crate::io::sleep(Duration::from_millis(10)).await;
+        }
+        self.is_leader()
+    }
+
+    /// Stops the group and writes its Raft state out.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            log::warn!("partition {}: Raft shutdown: {e}", self.partition);
+        }
+        if let Err(e) = self.store.close().await {
+            log::warn!("partition {}: saving Raft state: {e}", self.partition);
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Replication: one openraft group per partition (see DESIGN.md §3).
+
+pub mod group;
+pub mod network;
+pub mod rt;
+pub mod store;
+pub mod types;
+pub mod wire;

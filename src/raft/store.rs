@@ -1,0 +1,682 @@
+//! The Raft log store and state machine of one partition, both over the partition's [`Log`].
+//!
+//! The Raft log *is* the partition log: each entry is one batch in the segment files, written
+//! once (DESIGN.md §3). A normal entry is a batch of records; blank and membership entries are
+//! control batches (a Raft index, no offset). `append` queues the batches in the log's group
+//! commit and reports `IOFlushed` only once their `fdatasync` is done; until then the entries
+//! are served to readers from memory (openraft needs them readable as soon as `append`
+//! returns).
+//!
+//! The state machine copies nothing: applying an entry advances the partition's high
+//! watermark, and consumers only see offsets below it ([`Log::set_high_watermark`]).
+//!
+//! Small state lives in `raft-meta` beside the segments ([`Meta`]): the vote (written and
+//! synced before `save_vote` returns), the committed and applied log ids and the last applied
+//! membership. Committed and applied are written lazily — re-applying a committed entry only
+//! moves the high watermark, so an old value costs a short re-apply at start, never
+//! correctness. Membership changes and purges are written before they take effect.
+//!
+//! Purge is logical: the purged id is recorded and reads start after it, but the batches stay
+//! (they are the partition's data; retention removes segments). Snapshots carry the retained
+//! batches themselves ([`LogSnapshot`]).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::Offset;
+use crate::io::Disk;
+use crate::raft::types::{
+    AppendResponse, Entry, LogId, LogSnapshot, Membership, RecordBatch, StoredMembership,
+    TypeConfig, Vote, log_id,
+};
+use crate::storage::{Batch, BatchMeta, Log};
+
+/// Name of the Raft state file in a partition's directory.
+pub const META_FILE: &str = "raft-meta";
+/// First byte of a control batch's payload: what kind of Raft entry it is.
+const CONTROL_BLANK: u8 = 0;
+const CONTROL_MEMBERSHIP: u8 = 1;
+/// Bytes read per `read_raft` call when collecting entries.
+const READ_CHUNK_BYTES: usize = 4 << 20;
+/// How often lazily written Raft state (committed, applied) is saved.
+const META_SAVE_EVERY: Duration = Duration::from_millis(500);
+
+type Snapshot = openraft::Snapshot<
+    openraft::vote::leader_id_std::CommittedLeaderId<u64>,
+    crate::raft::types::NodeId,
+    crate::raft::types::Node,
+    LogSnapshot,
+>;
+
+/// The small Raft state of a partition, stored in `raft-meta`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub vote: Option<Vote>,
+    pub committed: Option<LogId>,
+    pub purged: Option<LogId>,
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+impl Meta {
+    /// `[u32 CRC32C of the JSON][JSON]`.
+    fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("Raft state serializes");
+        let mut out = crc32c::crc32c(&json).to_le_bytes().to_vec();
+        out.extend(json);
+        out
+    }
+
+    fn decode(path: &Path, bytes: &[u8]) -> crate::Result<Meta> {
+        let corrupt = |why: String| crate::Error::corrupt(path, 0, why);
+        if bytes.len() < 4 {
+            return Err(corrupt("Raft state file is too short".into()));
+        }
+        let (crc, json) = bytes.split_at(4);
+        if crc32c::crc32c(json).to_le_bytes() != crc {
+            return Err(corrupt("Raft state file fails its checksum".into()));
+        }
+        serde_json::from_slice(json).map_err(|e| corrupt(format!("Raft state file: {e}")))
+    }
+
+    /// Reads `raft-meta` in `dir`; a missing file is a fresh partition.
+    pub fn load(dir: &Path) -> crate::Result<Meta> {
+        let path = dir.join(META_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => Meta::decode(&path, &bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Meta::default()),
+            Err(e) => Err(crate::Error::from_io("reading", &path, e)),
+        }
+    }
+}
+
+/// What the log store and the state machine of one partition share (same core).
+struct Shared {
+    log: Log,
+    disk: Disk,
+    meta_path: PathBuf,
+    meta: RefCell<Meta>,
+    /// Lazily saved fields changed since the last save.
+    meta_dirty: Cell<bool>,
+    /// Serialises writes of `raft-meta`.
+    meta_lock: glommio::sync::Semaphore,
+    /// Entries appended whose batches are not durable yet, with the append call's sequence.
+    pending: RefCell<VecDeque<(u64, Entry)>>,
+    append_seq: Cell<u64>,
+    /// The newest durable entry's log id (`None`: the log holds no batch).
+    durable_last: Cell<Option<LogId>>,
+    /// Offsets below this are committed and applied: what consumers may see.
+    high_watermark: Cell<Offset>,
+    current_snapshot: RefCell<Option<Snapshot>>,
+    closed: Cell<bool>,
+}
+
+impl Shared {
+    /// Writes `raft-meta` now (atomically, synced).
+    async fn save_meta(&self) -> io::Result<()> {
+        let _permit = self
+            .meta_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| io::Error::other("Raft state closed"))?;
+        self.meta_dirty.set(false);
+        let bytes = self.meta.borrow().encode();
+        self.disk
+            .write_file_atomic(&self.meta_path, &bytes)
+            .await
+            .map_err(to_io)
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        let last = match self.pending.borrow().back() {
+            Some((_, e)) => Some(e.log_id),
+            None => self.durable_last.get(),
+        };
+        let purged = self.meta.borrow().purged;
+        match (last, purged) {
+            (Some(l), Some(p)) if p.index > l.index => Some(p),
+            (None, p) => p,
+            (l, _) => l,
+        }
+    }
+
+    /// Entries with indexes in `[start, end)` that the log holds.
+    async fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let start = match self.meta.borrow().purged {
+            Some(p) => start.max(p.index + 1),
+            None => start,
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Pending entries first: one that becomes durable while the log is read is then
+        // found in one place or the other, never in neither.
+        let pending: Vec<Entry> = self
+            .pending
+            .borrow()
+            .iter()
+            .filter(|(_, e)| e.log_id.index >= start && e.log_id.index < end)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let log_end = pending.first().map_or(end, |e| e.log_id.index);
+        let mut out = Vec::new();
+        let mut next = start;
+        while next < log_end {
+            let batches = self
+                .log
+                .read_raft(next, READ_CHUNK_BYTES)
+                .await
+                .map_err(to_io)?;
+            if batches.is_empty() {
+                break;
+            }
+            for batch in batches {
+                let index = batch.header().meta.raft_index;
+                if index < next {
+                    continue;
+                }
+                if index >= log_end {
+                    next = log_end;
+                    break;
+                }
+                // The log may begin after `start` (entries never held or purged); after the
+                // first entry found, indexes must be consecutive.
+                if index != next && !out.is_empty() {
+                    return Err(io::Error::other(format!(
+                        "Raft log hole: expected index {next}, found {index}"
+                    )));
+                }
+                out.push(entry_from_batch(&batch)?);
+                next = index + 1;
+            }
+        }
+        out.extend(pending);
+        Ok(out)
+    }
+
+    /// The offset after the batch with Raft index `index` (the high watermark once it is
+    /// applied).
+    async fn end_offset_of(&self, index: u64) -> io::Result<Offset> {
+        let batches = self.log.read_raft(index, 1).await.map_err(to_io)?;
+        match batches.first() {
+            Some(b) if b.header().meta.raft_index == index => Ok(b.next_offset()),
+            _ => Err(io::Error::other(format!(
+                "applied Raft index {index} is not in the log"
+            ))),
+        }
+    }
+}
+
+/// Opens the Raft side of a partition whose log is open: returns its log store and state
+/// machine (handles on the same state).
+pub async fn open(log: Log, disk: Disk) -> crate::Result<(LogStore, StateMachine)> {
+    let dir = log.dir().to_path_buf();
+    let meta = Meta::load(&dir)?;
+    let durable_last = log
+        .last_batch_header()
+        .await?
+        .map(|h| log_id(h.meta.term, h.meta.raft_index));
+    let shared = Rc::new(Shared {
+        log: log.clone(),
+        disk,
+        meta_path: dir.join(META_FILE),
+        meta: RefCell::new(meta),
+        meta_dirty: Cell::new(false),
+        meta_lock: glommio::sync::Semaphore::new(1),
+        pending: RefCell::new(VecDeque::new()),
+        append_seq: Cell::new(0),
+        durable_last: Cell::new(durable_last),
+        high_watermark: Cell::new(log.lowest_offset()),
+        current_snapshot: RefCell::new(None),
+        closed: Cell::new(false),
+    });
+    let applied = shared.meta.borrow().applied;
+    let hw = match applied {
+        Some(a) if durable_last.is_some_and(|l| l.index >= a.index) => {
+            shared.end_offset_of(a.index).await.map_err(io_to_error)?
+        }
+        _ => log.lowest_offset(),
+    };
+    shared.high_watermark.set(hw);
+    log.set_high_watermark(hw);
+    glommio::spawn_local(save_lazily(Rc::downgrade(&shared))).detach();
+    Ok((
+        LogStore {
+            shared: shared.clone(),
+        },
+        StateMachine { shared },
+    ))
+}
+
+/// Saves lazily written Raft state every [`META_SAVE_EVERY`] while the partition is open.
+async fn save_lazily(shared: std::rc::Weak<Shared>) {
+    loop {
+        crate::io::sleep(META_SAVE_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.get() {
+            return;
+        }
+        if shared.meta_dirty.get()
+            && let Err(e) = shared.save_meta().await
+        {
+            log::warn!("{}: saving Raft state: {e}", shared.meta_path.display());
+        }
+    }
+}
+
+fn to_io(e: crate::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+fn io_to_error(e: io::Error) -> crate::Error {
+    crate::Error::InvalidArgument(e.to_string())
+}
+
+/// Decodes a stored batch back into the Raft entry it holds.
+fn entry_from_batch(batch: &Batch) -> io::Result<Entry> {
+    let h = batch.header();
+    let id = log_id(h.meta.term, h.meta.raft_index);
+    if !batch.is_control() {
+        return Ok(Entry::new_normal(
+            id,
+            RecordBatch {
+                timestamp_ms: h.meta.timestamp_ms,
+                count: h.record_count,
+                body: batch.body(),
+                base_offset: Some(h.base_offset),
+            },
+        ));
+    }
+    let payload = batch.control_payload();
+    match payload.first() {
+        Some(&CONTROL_BLANK) => Ok(Entry::new_blank(id)),
+        Some(&CONTROL_MEMBERSHIP) => {
+            let m: Membership = serde_json::from_slice(&payload[1..]).map_err(|e| {
+                io::Error::other(format!("membership entry {}: {e}", h.meta.raft_index))
+            })?;
+            Ok(Entry::new_membership(id, m))
+        }
+        _ => Err(io::Error::other(format!(
+            "control batch at Raft index {} has an unknown kind",
+            h.meta.raft_index
+        ))),
+    }
+}
+
+fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+/// Queues one entry's batch in the log; returns the ticket of its group commit.
+async fn submit(log: &Log, entry: &mut Entry) -> crate::Result<crate::storage::AppendTicket> {
+    let mut meta = BatchMeta {
+        timestamp_ms: crate::io::now_ms(),
+        term: entry.log_id.leader_id.term,
+        raft_index: entry.log_id.index,
+    };
+    match &mut entry.payload {
+        EntryPayload::Normal(d) => {
+            meta.timestamp_ms = d.timestamp_ms;
+            let ticket = log.submit_records_body(d.count, &d.body, meta).await?;
+            d.base_offset = Some(ticket.base_offset());
+            Ok(ticket)
+        }
+        EntryPayload::Blank => log.submit_control(&[CONTROL_BLANK], meta).await,
+        EntryPayload::Membership(m) => {
+            let mut payload = vec![CONTROL_MEMBERSHIP];
+            payload.extend(serde_json::to_vec(m).expect("membership serializes"));
+            log.submit_control(&payload, meta).await
+        }
+    }
+}
+
+/// The partition's Raft log storage (and, cloned, its log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Rc<Shared>,
+}
+
+impl LogStore {
+    /// The partition log under this store.
+    pub fn log(&self) -> &Log {
+        &self.shared.log
+    }
+
+    /// Stops the lazy saver after writing the Raft state a last time.
+    pub async fn close(&self) -> crate::Result<()> {
+        self.shared.closed.set(true);
+        self.shared.save_meta().await.map_err(io_to_error)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = range_to_bounds(&range);
+        self.shared.entries(start, end).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.shared.meta.borrow().vote)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        // Bound one replication message: at most 4096 entries per call.
+        let end = end.min(start.saturating_add(4096));
+        self.shared.entries(start, end).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        Ok(LogState {
+            last_purged_log_id: self.shared.meta.borrow().purged,
+            last_log_id: self.shared.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.shared.meta.borrow_mut().vote = Some(*vote);
+        self.shared.save_meta().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.shared.meta.borrow_mut().committed = committed;
+        self.shared.meta_dirty.set(true);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.shared.meta.borrow().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let seq = self.shared.append_seq.get() + 1;
+        self.shared.append_seq.set(seq);
+        let mut last = None;
+        for mut entry in entries {
+            let ticket = submit(&self.shared.log, &mut entry).await.map_err(to_io)?;
+            last = Some((ticket, entry.log_id));
+            self.shared.pending.borrow_mut().push_back((seq, entry));
+        }
+        let shared = self.shared.clone();
+        glommio::spawn_local(async move {
+            let result = match last {
+                Some((ticket, id)) => ticket.durable().await.map(|_| Some(id)),
+                None => Ok(None),
+            };
+            let result = match result {
+                Ok(id) => {
+                    if let Some(id) = id {
+                        shared.durable_last.set(Some(id));
+                    }
+                    shared.pending.borrow_mut().retain(|(s, _)| *s > seq);
+                    Ok(())
+                }
+                Err(e) => Err(to_io(e)),
+            };
+            callback.io_completed(result);
+        })
+        .detach();
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let keep = last_log_id.map(|l| l.index);
+        self.shared
+            .log
+            .truncate_raft_after(keep)
+            .await
+            .map_err(to_io)?;
+        self.shared.pending.borrow_mut().clear();
+        let last = self
+            .shared
+            .log
+            .last_batch_header()
+            .await
+            .map_err(to_io)?
+            .map(|h| log_id(h.meta.term, h.meta.raft_index));
+        self.shared.durable_last.set(last);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        {
+            let mut meta = self.shared.meta.borrow_mut();
+            if meta.purged.is_some_and(|p| p.index >= log_id.index) {
+                return Ok(());
+            }
+            meta.purged = Some(log_id);
+        }
+        self.shared.save_meta().await
+    }
+}
+
+/// The partition's state machine: the high watermark.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Rc<Shared>,
+}
+
+impl StateMachine {
+    /// Offsets below this are committed and applied.
+    pub fn high_watermark(&self) -> Offset {
+        self.shared.high_watermark.get()
+    }
+
+    fn advance(&self, offset: Offset) {
+        if offset > self.shared.high_watermark.get() {
+            self.shared.high_watermark.set(offset);
+            self.shared.log.set_high_watermark(offset);
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = LogSnapshot;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let meta = self.shared.meta.borrow();
+        Ok((meta.applied, meta.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        let mut hw = self.shared.high_watermark.get();
+        let mut membership_changed = false;
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let base = match &entry.payload {
+                EntryPayload::Normal(d) => {
+                    let base = d.base_offset.ok_or_else(|| {
+                        io::Error::other(format!(
+                            "entry {} reached apply without an offset",
+                            entry.log_id
+                        ))
+                    })?;
+                    hw = base.plus(d.count as u64);
+                    base
+                }
+                EntryPayload::Blank => hw,
+                EntryPayload::Membership(m) => {
+                    self.shared.meta.borrow_mut().membership =
+                        StoredMembership::new(Some(entry.log_id), m.clone());
+                    membership_changed = true;
+                    hw
+                }
+            };
+            self.shared.meta.borrow_mut().applied = Some(entry.log_id);
+            if let Some(responder) = responder {
+                responder.send(AppendResponse {
+                    base_offset: base.get(),
+                });
+            }
+        }
+        self.advance(hw);
+        if membership_changed {
+            self.shared.save_meta().await?;
+        } else {
+            self.shared.meta_dirty.set(true);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<
+            openraft::vote::leader_id_std::CommittedLeaderId<u64>,
+            crate::raft::types::NodeId,
+            crate::raft::types::Node,
+        >,
+        snapshot: LogSnapshot,
+    ) -> Result<(), io::Error> {
+        let log = &self.shared.log;
+        let mut parsed = Vec::with_capacity(snapshot.batches.len());
+        for bytes in &snapshot.batches {
+            parsed.push(
+                Batch::parse(bytes.clone())
+                    .map_err(|e| io::Error::other(format!("snapshot batch: {e}")))?,
+            );
+        }
+        let base = parsed
+            .first()
+            .map_or(log.lowest_offset(), |b| b.base_offset());
+        log.reset_at(base).await.map_err(to_io)?;
+        self.shared.pending.borrow_mut().clear();
+        let mut last = None;
+        for batch in &parsed {
+            let mut entry = entry_from_batch(batch)?;
+            last = Some(submit(log, &mut entry).await.map_err(to_io)?);
+        }
+        if let Some(ticket) = last {
+            ticket.durable().await.map_err(to_io)?;
+        }
+        let hw = parsed.last().map_or(base, |b| b.next_offset());
+        self.shared.durable_last.set(
+            parsed
+                .last()
+                .map(|b| log_id(b.header().meta.term, b.header().meta.raft_index)),
+        );
+        self.shared.high_watermark.set(hw);
+        log.set_high_watermark(hw);
+        {
+            let mut m = self.shared.meta.borrow_mut();
+            m.applied = meta.last_log_id;
+            m.membership = meta.last_membership.clone();
+        }
+        self.shared.save_meta().await?;
+        *self.shared.current_snapshot.borrow_mut() = Some(Snapshot {
+            meta: meta.clone(),
+            snapshot,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.shared.current_snapshot.borrow().clone())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = LogSnapshot;
+
+    /// The retained batches up to the applied entry (held in memory: snapshots are only
+    /// built on request; the node never purges, so followers catch up from the log).
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (applied, membership) = {
+            let m = self.shared.meta.borrow();
+            (m.applied, m.membership.clone())
+        };
+        let mut batches = Vec::new();
+        if let Some(applied) = applied {
+            let mut next = 0;
+            'read: loop {
+                let chunk = self
+                    .shared
+                    .log
+                    .read_raft(next, READ_CHUNK_BYTES)
+                    .await
+                    .map_err(to_io)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                for b in chunk {
+                    let index = b.header().meta.raft_index;
+                    if index < next {
+                        continue;
+                    }
+                    if index > applied.index {
+                        break 'read;
+                    }
+                    batches.push(b.bytes().clone());
+                    next = index + 1;
+                }
+                if next > applied.index {
+                    break;
+                }
+            }
+        }
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: applied,
+                last_membership: membership,
+            },
+            snapshot: LogSnapshot { batches },
+        };
+        *self.shared.current_snapshot.borrow_mut() = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
