@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Delete segments whose newest record is older than this.
     #[arg(long)]
     pub retention_ms: Option<u64>,
+    /// How often size/age retention runs.
+    #[arg(long, default_value_t = 30_000)]
+    pub retention_check_ms: u64,
     /// `always` (ack after fdatasync) or `interval:MS` (UNSAFE: ack after write).
     #[arg(long, default_value = "always")]
     pub fsync: FsyncPolicy,
@@ -280,6 +283,7 @@ impl NodeConfig {
             segment_bytes_max: args.segment_bytes,
             retention_bytes: args.retention_bytes,
             retention_ms: args.retention_ms,
+            retention_check_ms: args.retention_check_ms,
             fsync: args.fsync,
             // A produce request is one frame; the batch it becomes must fit the log's limit.
             // A batch adds a 56-byte header and 4 bytes per record, while each record costs at

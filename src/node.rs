@@ -358,9 +358,42 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("partition {p}: bootstrapping: {e}"))?;
         }
+        let log_config = &node.config.log;
+        if log_config.retention_bytes.is_some() || log_config.retention_ms.is_some() {
+            glommio::spawn_local(retention_loop(shard.clone(), group.clone())).detach();
+        }
         shard.add_group(group);
     }
     Ok(())
+}
+
+/// Replicated partitions: size/age retention, through Raft, every `retention_check_ms`.
+async fn retention_loop(shard: Rc<Shard>, group: Group) {
+    let config = &shard.node.config.log;
+    let every = Duration::from_millis(config.retention_check_ms);
+    while !shard.is_shutting_down() {
+        futures_lite::future::or(crate::io::sleep(every), async {
+            let seen = shard.shutdown.generation();
+            if !shard.is_shutting_down() {
+                shard.shutdown.wait(seen).await;
+            }
+        })
+        .await;
+        if shard.is_shutting_down() {
+            return;
+        }
+        match group
+            .apply_retention(config.retention_bytes, config.retention_ms)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "partition {}: retention removed {n} segments",
+                group.partition
+            ),
+            Err(e) => log::warn!("partition {}: retention: {e}", group.partition),
+        }
+    }
 }
 
 /// Counts this core as led once each of its partitions has a leader (replicated nodes), or
@@ -502,7 +535,13 @@ async fn open_partitions(
             continue;
         }
         let dir = partition_dir(&shared.config.data_dir, p);
-        let log = Log::open(&dir, shared.config.log.clone())
+        let mut config = shared.config.log.clone();
+        if shared.config.replication.is_some() {
+            // Replicated partitions apply retention through Raft (see `retention_loop`).
+            config.retention_bytes = None;
+            config.retention_ms = None;
+        }
+        let log = Log::open(&dir, config)
             .await
             .map_err(|e| format!("partition {p}: {e}"))?;
         stats.add_partition(p);

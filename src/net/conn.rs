@@ -516,6 +516,7 @@ impl Connection {
         let snapshot = openraft::Snapshot {
             meta: done.meta,
             snapshot: LogSnapshot {
+                source: None,
                 batches: done.batches,
             },
         };

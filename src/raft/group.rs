@@ -291,6 +291,57 @@ impl Group {
         self.is_leader()
     }
 
+    /// Applies size/age retention through Raft: segments wholly below both the limits and the
+    /// applied index are covered by a (lazy) snapshot, purged from the Raft log, then removed.
+    /// A follower that later needs them is sent the retained segments instead. Returns how
+    /// many segments went.
+    pub async fn apply_retention(
+        &self,
+        bytes_max: Option<u64>,
+        age_ms: Option<u64>,
+    ) -> Result<usize, String> {
+        let log = self.store.log();
+        let Some(cut) = log
+            .retention_cut(bytes_max, age_ms)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(0);
+        };
+        let Some(applied) = self.sm.applied_index() else {
+            return Ok(0);
+        };
+        let cut = cut.min(applied);
+        let fatal = |e: openraft::error::Fatal<TypeConfig>| e.to_string();
+        let covered =
+            |m: &openraft::RaftMetrics<TypeConfig>| m.snapshot.is_some_and(|s| s.index >= cut);
+        if !covered(&self.raft.metrics().borrow_watched()) {
+            self.raft.trigger().snapshot().await.map_err(fatal)?;
+            self.wait_metrics(covered).await?;
+        }
+        let purged =
+            |m: &openraft::RaftMetrics<TypeConfig>| m.purged.is_some_and(|p| p.index >= cut);
+        if !purged(&self.raft.metrics().borrow_watched()) {
+            self.raft.trigger().purge_log(cut).await.map_err(fatal)?;
+            self.wait_metrics(purged).await?;
+        }
+        log.purge_raft(cut).await.map_err(|e| e.to_string())
+    }
+
+    async fn wait_metrics(
+        &self,
+        done: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.raft.metrics().borrow_watched()) {
+            if Instant::now() >= deadline {
+                return Err("Raft did not snapshot/purge within 10 s".into());
+            }
+            crate::io::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Stops the group and writes its Raft state out.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {

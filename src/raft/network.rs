@@ -301,7 +301,12 @@ impl PeerNetwork {
             .unwrap_or(SNAPSHOT_CHUNK_BYTES_DEFAULT)
             .clamp(1, frame_bytes_max);
         let transfer_id = self.pool.next_transfer_id();
-        let mut batches = snapshot.snapshot.batches.into_iter().peekable();
+        let batches = snapshot.snapshot.into_batches().await.map_err(|e| {
+            StreamingError::Unreachable(Unreachable::from_string(format!(
+                "reading the snapshot to send: {e}"
+            )))
+        })?;
+        let mut batches = batches.into_iter().peekable();
         let mut chunk_index: u32 = 0;
         loop {
             let first = chunk_index == 0;

@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 use crate::Offset;
 use crate::io::Disk;
 use crate::raft::types::{
-    AppendResponse, Entry, LogId, LogSnapshot, Membership, RecordBatch, StoredMembership,
-    TypeConfig, Vote, log_id,
+    AppendResponse, Entry, LogId, LogSnapshot, Membership, RecordBatch, SnapshotSource,
+    StoredMembership, TypeConfig, Vote, log_id,
 };
 use crate::storage::{Batch, BatchMeta, Log};
 
@@ -508,6 +508,11 @@ impl StateMachine {
         self.shared.high_watermark.get()
     }
 
+    /// The Raft index of the last applied entry.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.shared.meta.borrow().applied.map(|a| a.index)
+    }
+
     fn advance(&self, offset: Offset) {
         if offset > self.shared.high_watermark.get() {
             self.shared.high_watermark.set(offset);
@@ -584,8 +589,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: LogSnapshot,
     ) -> Result<(), io::Error> {
         let log = &self.shared.log;
-        let mut parsed = Vec::with_capacity(snapshot.batches.len());
-        for bytes in &snapshot.batches {
+        let batches = snapshot.clone().into_batches().await.map_err(to_io)?;
+        let mut parsed = Vec::with_capacity(batches.len());
+        for bytes in &batches {
             parsed.push(
                 Batch::parse(bytes.clone())
                     .map_err(|e| io::Error::other(format!("snapshot batch: {e}")))?,
@@ -633,48 +639,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = LogSnapshot;
 
-    /// The retained batches up to the applied entry (held in memory: snapshots are only
-    /// built on request; the node never purges, so followers catch up from the log).
+    /// A lazy snapshot: the log's batches up to the applied entry, read when sent.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (applied, membership) = {
             let m = self.shared.meta.borrow();
             (m.applied, m.membership.clone())
         };
-        let mut batches = Vec::new();
-        if let Some(applied) = applied {
-            let mut next = 0;
-            'read: loop {
-                let chunk = self
-                    .shared
-                    .log
-                    .read_raft(next, READ_CHUNK_BYTES)
-                    .await
-                    .map_err(to_io)?;
-                if chunk.is_empty() {
-                    break;
-                }
-                for b in chunk {
-                    let index = b.header().meta.raft_index;
-                    if index < next {
-                        continue;
-                    }
-                    if index > applied.index {
-                        break 'read;
-                    }
-                    batches.push(b.bytes().clone());
-                    next = index + 1;
-                }
-                if next > applied.index {
-                    break;
-                }
-            }
-        }
+        let batches = Vec::new();
         let snapshot = Snapshot {
             meta: SnapshotMeta {
                 last_log_id: applied,
                 last_membership: membership,
             },
-            snapshot: LogSnapshot { batches },
+            snapshot: LogSnapshot {
+                batches,
+                source: applied.map(|a| SnapshotSource {
+                    log: self.shared.log.clone(),
+                    upto: a.index,
+                }),
+            },
         };
         *self.shared.current_snapshot.borrow_mut() = Some(snapshot.clone());
         Ok(snapshot)

@@ -110,7 +110,59 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 
 /// A snapshot of a partition: for a log the state *is* the log, so a snapshot carries the
 /// retained batches themselves (format v1 bytes, each checked on arrival), oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// A snapshot built on this node is lazy ([`LogSnapshot::source`]): it names the log and the
+/// last Raft index it covers, and its batches are read only when it is sent to a follower. A
+/// snapshot received from the leader carries its batches.
+#[derive(Clone, Default)]
 pub struct LogSnapshot {
     pub batches: Vec<Bytes>,
+    pub source: Option<SnapshotSource>,
+}
+
+/// Where a lazy snapshot's batches come from: every batch of `log` up to Raft index `upto`.
+#[derive(Clone)]
+pub struct SnapshotSource {
+    pub log: crate::storage::Log,
+    pub upto: u64,
+}
+
+impl fmt::Debug for LogSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogSnapshot")
+            .field("batches", &self.batches.len())
+            .field("upto", &self.source.as_ref().map(|s| s.upto))
+            .finish()
+    }
+}
+
+impl LogSnapshot {
+    /// Every batch of the snapshot, reading a lazy one from its log now.
+    pub async fn into_batches(self) -> crate::Result<Vec<Bytes>> {
+        let Some(source) = self.source else {
+            return Ok(self.batches);
+        };
+        let mut out = self.batches;
+        let mut next = 0;
+        loop {
+            let chunk = source.log.read_raft(next, 4 << 20).await?;
+            if chunk.is_empty() {
+                return Ok(out);
+            }
+            for b in chunk {
+                let index = b.header().meta.raft_index;
+                if index < next && !out.is_empty() {
+                    continue;
+                }
+                if index > source.upto {
+                    return Ok(out);
+                }
+                out.push(b.bytes().clone());
+                next = index + 1;
+            }
+            if next > source.upto {
+                return Ok(out);
+            }
+        }
+    }
 }

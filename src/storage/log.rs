@@ -580,6 +580,38 @@ impl Log {
         self.shared.clear_truncate_marker().await
     }
 
+    /// Replicated partitions (whose retention goes through Raft): the Raft index up to which
+    /// whole sealed segments break the size or age limits — the prefix retention would remove
+    /// — or `None` when nothing would go.
+    pub async fn retention_cut(
+        &self,
+        bytes_max: Option<u64>,
+        age_ms: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let segments: Vec<Rc<Segment>> = self.shared.state.borrow().segments.clone();
+        let now = io::now_ms();
+        let mut total: u64 = segments.iter().map(|s| s.end()).sum();
+        let mut k = 0;
+        while k + 1 < segments.len() {
+            let too_big = bytes_max.is_some_and(|max| total > max);
+            let too_old = age_ms.is_some_and(|ms| {
+                segments[k].newest_timestamp_ms() < now.saturating_sub(ms as i64)
+            });
+            if !(too_big || too_old) {
+                break;
+            }
+            total -= segments[k].end();
+            k += 1;
+        }
+        if k == 0 {
+            return Ok(None);
+        }
+        Ok(segments[k]
+            .first_raft_index()
+            .await?
+            .and_then(|first| first.checked_sub(1)))
+    }
+
     /// Removes whole sealed segments whose batches all have Raft indexes at or below `upto`
     /// (Raft log purge). The active segment is never removed.
     pub async fn purge_raft(&self, upto: u64) -> Result<usize> {

@@ -1,0 +1,196 @@
+//! Retention on a replicated partition goes through Raft (snapshot, purge, then the segments
+//! go), and a follower that falls behind the retention point catches up from the leader's
+//! retained segments (a snapshot), not record by record. Real processes on loopback; three
+//! debug nodes on this 2-core machine oversubscribe the cores (no timing claims here).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::node::{NodeProcess, free_port, run_cli};
+use corelog::client::ClientConfig;
+use corelog::client::cluster::ClusterClient;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn start(
+    dir: &std::path::Path,
+    tls: &std::path::Path,
+    id: u64,
+    port: u16,
+    join: Option<u16>,
+) -> NodeProcess {
+    let id_s = id.to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let cpu = ((id - 1) % 2).to_string();
+    let join_addr = join.map(|p| format!("127.0.0.1:{p}"));
+    let mut args = vec![
+        "--tls-dir",
+        tls.to_str().unwrap(),
+        "--tls-name",
+        "node",
+        "--node-id",
+        &id_s,
+        "--cpuset",
+        &cpu,
+        "--partitions",
+        "1",
+        "--listen",
+        &listen,
+        "--segment-bytes",
+        "65536",
+        "--retention-bytes",
+        "262144",
+        "--retention-check-ms",
+        "200",
+    ];
+    match &join_addr {
+        Some(a) => args.extend(["--join", a.as_str()]),
+        None => args.push("--cluster"),
+    }
+    NodeProcess::start(&dir.join(format!("n{id}")), &args)
+}
+
+fn addr(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// Reads everything `addr` holds of partition 0: (lowest offset, records). Retention may move
+/// the start while it reads: then it starts over.
+async fn holdings(client: &ClusterClient, at: SocketAddr) -> (u64, Vec<(u64, Bytes)>) {
+    'again: for _ in 0..20 {
+        let node = client.node(at).await.expect("connect");
+        let meta = node.metadata().await.expect("metadata");
+        let mut next = meta.partitions[0].log_start_offset;
+        let start = next;
+        let mut out = Vec::new();
+        loop {
+            let resp = match client.consume_from(at, 0, next, 1 << 20).await {
+                Ok(r) => r,
+                Err(e) if e.to_string().contains("out of range") => continue 'again,
+                Err(e) => panic!("consume {at} at {next}: {e}"),
+            };
+            for r in &resp.records {
+                assert_eq!(r.offset, next, "{at}: offsets are dense");
+                out.push((r.offset, r.value.clone()));
+                next += 1;
+            }
+            if resp.records.is_empty() || next >= resp.high_watermark {
+                return (start, out);
+            }
+        }
+    }
+    panic!("{at}: retention kept moving the start of the log");
+}
+
+#[test]
+fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments() {
+    let dir = common::test_dir("cluster_retention");
+    let _cleanup = common::RemoveOnSuccess(dir.clone());
+    let tls: PathBuf = dir.join("tls");
+    let out = run_cli(
+        &[
+            "certs",
+            "--out",
+            tls.to_str().unwrap(),
+            "--node",
+            "node",
+            "--client",
+            "client",
+        ],
+        None,
+        "",
+    );
+    assert!(out.status.success(), "corelog certs: {out:?}");
+    let ports = [free_port(), free_port(), free_port()];
+    let _n1 = start(&dir, &tls, 1, ports[0], None);
+    let _n2 = start(&dir, &tls, 2, ports[1], Some(ports[0]));
+    let mut n3 = start(&dir, &tls, 3, ports[2], Some(ports[0]));
+    let config = ClientConfig::new(addr(ports[0]), &tls, "client").unwrap();
+    let value = |i: usize| Bytes::from(format!("{i:06}-{}", "x".repeat(1000)));
+
+    // Three voters, some records everywhere.
+    let client = ClusterClient::new(config.clone());
+    client.add_seeds(ports.iter().map(|p| addr(*p)));
+    common::run(|| async {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            if let Ok(s) = client.get_servers().await
+                && s.servers
+                    .iter()
+                    .filter(|s| s.partitions_voter.contains(&0))
+                    .count()
+                    == 3
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no 3 voters");
+            corelog::io::sleep(Duration::from_millis(100)).await;
+        }
+        for i in 0..50 {
+            client.produce(0, vec![value(i)]).await.expect("produce");
+        }
+    });
+    // Node 3 stops; ~1.2 MiB more goes in, far past the 256 KiB retention of 64 KiB segments.
+    n3.kill9();
+    let client = ClusterClient::new(config.clone());
+    client.add_seeds(ports[..2].iter().map(|p| addr(*p)));
+    let total = 1200;
+    common::run(|| async {
+        for chunk in (50..total).collect::<Vec<_>>().chunks(10) {
+            let values = chunk.iter().map(|i| value(*i)).collect();
+            client
+                .produce(0, values)
+                .await
+                .expect("produce while node 3 is down");
+        }
+        // The leader's retention removes the oldest segments (through a Raft purge).
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let (start, _) = holdings(&client, addr(ports[0])).await;
+            if start > 50 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "retention never removed a segment on node 1"
+            );
+            corelog::io::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Node 3 comes back: what it needs is gone from the leader's log, so it gets a snapshot.
+    let _n3 = start(&dir, &tls, 3, ports[2], Some(ports[0]));
+    let client = ClusterClient::new(config);
+    client.add_seeds(ports.iter().map(|p| addr(*p)));
+    common::run(|| async {
+        let deadline = Instant::now() + CONVERGE;
+        let (_, leader) = holdings(&client, addr(ports[0])).await;
+        loop {
+            let (start3, held) = holdings(&client, addr(ports[2])).await;
+            let end3 = start3 + held.len() as u64;
+            if end3 >= total as u64 {
+                // Every record node 3 holds is the leader's record at that offset, and every
+                // record ever produced (offset i holds value i) is intact.
+                for (offset, v) in &held {
+                    assert_eq!(v, &value(*offset as usize), "node 3 offset {offset}");
+                }
+                for (offset, v) in &leader {
+                    assert_eq!(v, &value(*offset as usize), "node 1 offset {offset}");
+                }
+                assert!(
+                    start3 > 50,
+                    "node 3 should hold only the retained segments, starts at {start3}"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node 3 never caught up: holds {start3}..{end3} of {total}"
+            );
+            corelog::io::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
