@@ -196,8 +196,8 @@ pub struct NodeConfig {
     pub in_flight_max: usize,
     /// Testing only: a deliberate fault in what readers are served.
     pub read_fault: Option<ReadFault>,
-    /// Writes in flight that `--io-properties` chose. Recorded only: the appender issues one
-    /// write at a time today, so it does not act on this yet.
+    /// Writes in flight that `--io-properties` chose: a group commit is up to this many writes
+    /// of `write_bytes` (`LogConfig::write_bytes_max`), issued together.
     pub writes_in_flight: Option<usize>,
 }
 
@@ -305,7 +305,10 @@ impl NodeConfig {
         let mut writes_in_flight = None;
         if let Some(path) = &args.io_properties {
             let props = crate::tuning::iotune::IoProperties::load(path)?;
-            log.flush_bytes_max = props.write_bytes;
+            // A group commit of up to `writes_in_flight` writes of `write_bytes`, all in flight
+            // at once, then one fdatasync.
+            log.write_bytes_max = Some(props.write_bytes);
+            log.flush_bytes_max = props.write_bytes * props.writes_in_flight;
             writes_in_flight = Some(props.writes_in_flight);
             log.validate()
                 .map_err(|e| format!("--io-properties {}: write_bytes: {e}", path.display()))?;

@@ -401,3 +401,48 @@ fn truncated_records_never_come_back_after_reopen() {
         log.close().await.unwrap();
     });
 }
+
+/// With `write_bytes_max`, a large group commit goes out as several writes (all in flight
+/// together) and one fdatasync; every record reads back, before and after a reopen.
+#[test]
+fn a_group_commit_larger_than_the_write_size_is_split_into_writes_in_flight() {
+    let dir = test_dir("split-writes");
+    run(|| async move {
+        let config = LogConfig {
+            write_bytes_max: Some(16 << 10),
+            flush_bytes_max: 256 << 10,
+            ..LogConfig::default()
+        };
+        let faults = Rc::new(Faults::new());
+        let log = Log::open_with_disk(&dir, config.clone(), faulty(&faults))
+            .await
+            .unwrap();
+        let value = |i: u32| Bytes::from(vec![(i % 251) as u8; 1000 + (i as usize % 97)]);
+        let (writes, syncs) = (faults.writes(), faults.syncs());
+        let tasks: Vec<_> = (0..200u32)
+            .map(|i| {
+                let log = log.clone();
+                glommio::spawn_local(async move { (i, log.append(&value(i)).await.unwrap()) })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.push(t.await);
+        }
+        let (writes, syncs) = (faults.writes() - writes, faults.syncs() - syncs);
+        assert!(
+            writes > syncs,
+            "{writes} writes for {syncs} fdatasyncs: ~200 KiB group commits were not split \
+             into 16 KiB writes"
+        );
+        for (i, offset) in &acked {
+            assert_eq!(log.read(*offset).await.unwrap().value, value(*i));
+        }
+        log.close().await.unwrap();
+        let log = Log::open(&dir, config).await.unwrap();
+        for (i, offset) in &acked {
+            assert_eq!(log.read(*offset).await.unwrap().value, value(*i));
+        }
+        log.close().await.unwrap();
+    });
+}

@@ -273,7 +273,11 @@ fn iotune_writes_properties_that_serve_accepts() {
     ])
     .unwrap();
     let config = NodeConfig::from_args(&args, &[0]).unwrap();
-    assert_eq!(config.log.flush_bytes_max, chosen.write_bytes);
+    assert_eq!(config.log.write_bytes_max, Some(chosen.write_bytes));
+    assert_eq!(
+        config.log.flush_bytes_max,
+        chosen.write_bytes * chosen.writes_in_flight
+    );
     assert_eq!(config.writes_in_flight, Some(chosen.writes_in_flight));
 
     let mut node = NodeProcess::start(

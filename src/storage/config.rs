@@ -62,8 +62,13 @@ pub struct LogConfig {
     pub fsync: FsyncPolicy,
     /// The largest batch `append_batch` takes. Default 16 MiB.
     pub batch_bytes_max: usize,
-    /// The most bytes one group commit writes (one `write` + one `fdatasync`). Default 1 MiB.
+    /// The most bytes one group commit writes (its writes + one `fdatasync`). Default 1 MiB.
     pub flush_bytes_max: usize,
+    /// The largest single write: a group commit larger than this is issued as several writes
+    /// of at most this size, all in flight at once (disjoint blocks), before its one
+    /// `fdatasync`. `corelog iotune` measures the best size and count for a device
+    /// (`--io-properties`). Default: `None` — one write per group commit.
+    pub write_bytes_max: Option<usize>,
     /// Appends queued beyond this wait (backpressure). Default 64 MiB.
     pub queue_bytes_max: usize,
     /// Recent batches kept in memory so tail reads do no disk I/O. Default 16 MiB.
@@ -87,6 +92,7 @@ impl Default for LogConfig {
             fsync: FsyncPolicy::Always,
             batch_bytes_max: 16 << 20,
             flush_bytes_max: 1 << 20,
+            write_bytes_max: None,
             queue_bytes_max: 64 << 20,
             tail_cache_bytes_max: 16 << 20,
             preallocate_bytes: 64 << 20,
@@ -126,6 +132,13 @@ impl LogConfig {
                 "batch_bytes_max = {} must be between {} and {BATCH_BYTES_MAX}",
                 self.batch_bytes_max,
                 HEADER_BYTES + 1
+            ));
+        }
+        if let Some(w) = self.write_bytes_max
+            && (w < BLOCK_BYTES as usize || !(w as u64).is_multiple_of(BLOCK_BYTES))
+        {
+            return bad(format!(
+                "write_bytes_max = {w} must be a multiple of {BLOCK_BYTES} (at least one block)"
             ));
         }
         if self.flush_bytes_max < BLOCK_BYTES as usize {

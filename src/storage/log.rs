@@ -958,10 +958,16 @@ impl Shared {
             let payload: u64 = chunk.iter().map(|p| p.batch.len() as u64).sum();
             let new_end = end + payload;
             let write_end = align_up(new_end).max(st.dirty_until);
-            let mut buf = seg.store.alloc_unfilled((write_end - start) as usize);
-            let bytes = buf.as_mut_slice();
-            bytes[..st.tail.len()].copy_from_slice(&st.tail);
-            let mut at = st.tail.len();
+            let total = (write_end - start) as usize;
+            // One buffer per write: `write_bytes_max` splits a large group commit into writes
+            // that are all in flight at once.
+            let piece = self
+                .config
+                .write_bytes_max
+                .unwrap_or(total)
+                .max(BLOCK_BYTES as usize);
+            let mut pieces = Pieces::new(&seg.store, total, piece);
+            pieces.put(&st.tail);
             let mut expected = st.written_next;
             for p in chunk {
                 // Check what goes to disk right before it goes (STYLE: both sides of the disk).
@@ -970,14 +976,14 @@ impl Shared {
                 assert_eq!(header.length as usize, p.batch.len());
                 debug_assert!(format::validate_batch(&p.batch).is_ok());
                 expected = p.next;
-                bytes[at..at + p.batch.len()].copy_from_slice(&p.batch);
-                at += p.batch.len();
+                pieces.put(&p.batch);
             }
             let tail_from = (align_down(new_end) - start) as usize;
-            let new_tail = bytes[tail_from..(new_end - start) as usize].to_vec();
+            let new_tail = pieces.copy_range(tail_from, (new_end - start) as usize);
             // The rest of the last block (and any range a failed write may have dirtied) must
             // read as zeros: that is how recovery finds the end of the data.
-            buf.zero_from(at);
+            pieces.zero_rest();
+            let buf = pieces;
             st.dirty_until = st.dirty_until.max(write_end);
             let reserve = (write_end > st.reserved).then(|| self.config.reserve_for(write_end));
             (
@@ -995,8 +1001,14 @@ impl Shared {
             self.state.borrow_mut().reserved = reserve;
         }
         let started = Instant::now();
-        let bytes = buf.len() as u64;
-        store.write_at(buf, start).await?;
+        let bytes = buf.total as u64;
+        let writes = buf.bufs.into_iter().enumerate().map(|(i, b)| {
+            let store = store.clone();
+            async move { store.write_at(b, start + (i * buf.piece) as u64).await }
+        });
+        for result in futures::future::join_all(writes).await {
+            result?;
+        }
         let mut st = self.state.borrow_mut();
         st.written_end = new_end;
         st.written_next = chunk.last().expect("chunk is not empty").next;
@@ -1643,6 +1655,66 @@ async fn flusher(shared: Rc<Shared>) {
     }
     shared.state.borrow_mut().flusher_running = false;
     shared.flusher_done.notify();
+}
+
+/// The bytes of one group commit, in write-sized DMA buffers filled in order.
+struct Pieces {
+    bufs: Vec<crate::io::WriteBuf>,
+    piece: usize,
+    total: usize,
+    /// Bytes filled so far.
+    at: usize,
+}
+
+impl Pieces {
+    fn new(file: &File, total: usize, piece: usize) -> Pieces {
+        let mut bufs = Vec::with_capacity(total.div_ceil(piece));
+        let mut left = total;
+        while left > 0 {
+            let len = left.min(piece);
+            bufs.push(file.alloc_unfilled(len));
+            left -= len;
+        }
+        Pieces {
+            bufs,
+            piece,
+            total,
+            at: 0,
+        }
+    }
+
+    fn put(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let (i, off) = (self.at / self.piece, self.at % self.piece);
+            let buf = self.bufs[i].as_mut_slice();
+            let n = data.len().min(buf.len() - off);
+            buf[off..off + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            self.at += n;
+        }
+    }
+
+    fn copy_range(&mut self, from: usize, to: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(to - from);
+        let mut at = from;
+        while at < to {
+            let (i, off) = (at / self.piece, at % self.piece);
+            let buf = self.bufs[i].as_mut_slice();
+            let n = (to - at).min(buf.len() - off);
+            out.extend_from_slice(&buf[off..off + n]);
+            at += n;
+        }
+        out
+    }
+
+    fn zero_rest(&mut self) {
+        while self.at < self.total {
+            let (i, off) = (self.at / self.piece, self.at % self.piece);
+            let buf = self.bufs[i].as_mut_slice();
+            buf[off..].fill(0);
+            self.at += buf.len() - off;
+        }
+    }
 }
 
 fn collect_from<'a>(

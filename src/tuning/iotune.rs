@@ -14,8 +14,8 @@
 //! The io-properties file (TOML, format [`IO_PROPERTIES_VERSION`]):
 //! ```toml
 //! version = 1
-//! write_bytes = 1048576      # applied to LogConfig::flush_bytes_max
-//! writes_in_flight = 2       # recorded in NodeConfig; the appender writes one at a time today
+//! write_bytes = 1048576      # LogConfig::write_bytes_max: the largest single write
+//! writes_in_flight = 2       # a group commit is up to this many such writes, issued together
 //! [measured]                 # informational: duration_ms, write = [...], read = [...], sync = [...]
 //! ```
 //! `serve --io-properties FILE` reads only `version`, `write_bytes` and `writes_in_flight`, and
