@@ -358,6 +358,8 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("partition {p}: bootstrapping: {e}"))?;
         }
+        group.store.set_stats(shard.stats.clone(), *p);
+        glommio::spawn_local(group.clone().report_metrics(shard.stats.clone())).detach();
         let log_config = &node.config.log;
         if log_config.retention_bytes.is_some() || log_config.retention_ms.is_some() {
             glommio::spawn_local(retention_loop(shard.clone(), group.clone())).detach();

@@ -134,6 +134,45 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
             client.produce(0, vec![value(i)]).await.expect("produce");
         }
     });
+    // Every node reports its Raft state and latencies; exactly one leads partition 0.
+    let docs: Vec<serde_json::Value> = [&_n1, &_n2, &n3].iter().map(|n| n.stats_json()).collect();
+    let leaders = docs
+        .iter()
+        .filter(|d| d["raft"]["0"]["is_leader"] == serde_json::json!(true))
+        .count();
+    assert_eq!(leaders, 1, "one leader of partition 0: {docs:#?}");
+    for doc in &docs {
+        let raft = &doc["raft"]["0"];
+        assert!(raft["applied_index"].as_u64().unwrap() >= 50, "{raft}");
+        assert!(raft["term"].as_u64().unwrap() >= 1, "{raft}");
+        assert!(
+            doc["ops"]["raft_append"]["merged"]["count"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        assert!(
+            doc["ops"]["raft_commit"]["merged"]["count"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        assert!(
+            doc["ops"]["raft_apply"]["merged"]["count"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+    let leader = docs
+        .iter()
+        .find(|d| d["raft"]["0"]["is_leader"] == serde_json::json!(true));
+    let lag = leader.unwrap()["raft"]["0"]["follower_lag"]
+        .as_object()
+        .unwrap()
+        .len();
+    assert_eq!(lag, 2, "the leader reports the lag of both followers");
+
     // Node 3 stops; ~1.2 MiB more goes in, far past the 256 KiB retention of 64 KiB segments.
     n3.kill9();
     let client = ClusterClient::new(config.clone());

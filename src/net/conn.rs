@@ -52,6 +52,8 @@ use crate::types::{Offset, Partition};
 
 /// How long a TLS handshake may take.
 pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a leader asked to leave waits for another voter to take over.
+const LEAVE_HAND_OFF_MS: u64 = 3_000;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Consume/subscribe responses are capped below the frame limit by this much headroom.
@@ -801,6 +803,21 @@ impl Connection {
         let Some(group) = self.admin_group(corr, req.partition, &mut permit) else {
             return;
         };
+        // A leader that is asked to remove itself hands leadership off first; the client
+        // follows NOT_LEADER to the new leader, which removes it.
+        if req.node_id == group.node_id && group.is_leader() {
+            group
+                .hand_off_leadership(Duration::from_millis(LEAVE_HAND_OFF_MS))
+                .await;
+            if !group.is_leader() {
+                let err = match group.leader() {
+                    Some((id, addr)) => errors::not_leader(Some(&id.to_string()), Some(&addr)),
+                    None => errors::not_leader(None, None),
+                };
+                self.send_error(corr, err, permit);
+                return;
+            }
+        }
         match group.remove_node(req.node_id).await {
             Ok(()) => {
                 log::info!("partition {}: node {} left", req.partition, req.node_id);

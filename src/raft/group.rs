@@ -342,6 +342,54 @@ impl Group {
         Ok(())
     }
 
+    /// Publishes the group's Raft state (leader, term, indexes, follower lag) into `stats`
+    /// whenever openraft's metrics change, until the group stops.
+    pub async fn report_metrics(self, stats: std::rc::Rc<crate::stats::CoreStats>) {
+        let mut rx = self.raft.metrics();
+        let mut leader_changes = 0u64;
+        let mut last_leader = None;
+        loop {
+            let state = {
+                let m = rx.borrow_watched();
+                if m.current_leader != last_leader {
+                    if m.current_leader.is_some() {
+                        leader_changes += 1;
+                    }
+                    last_leader = m.current_leader;
+                }
+                let last = m.last_log_index.unwrap_or(0);
+                let follower_lag = m
+                    .replication
+                    .as_ref()
+                    .map(|r| {
+                        r.iter()
+                            .filter(|(id, _)| **id != self.node_id)
+                            .map(|(id, matched)| {
+                                (*id, last.saturating_sub(matched.map_or(0, |l| l.index)))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                crate::stats::RaftState {
+                    is_leader: m.state == ServerState::Leader,
+                    term: m.current_term,
+                    leader: m.current_leader,
+                    last_log_index: last,
+                    committed_index: m.local_committed.map_or(0, |c| c.index),
+                    applied_index: m.last_applied.map_or(0, |a| a.index),
+                    leader_changes,
+                    follower_lag,
+                }
+            };
+            stats.set_raft_state(self.partition, state);
+            // At most ten reports a second: under load the metrics change with every entry.
+            crate::io::sleep(Duration::from_millis(100)).await;
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Stops the group and writes its Raft state out.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {

@@ -27,7 +27,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use openraft::entry::RaftEntry;
@@ -121,6 +121,18 @@ struct Shared {
     high_watermark: Cell<Offset>,
     current_snapshot: RefCell<Option<Snapshot>>,
     closed: Cell<bool>,
+    /// Where Raft latencies are recorded (the node's core stats), once set.
+    stats: RefCell<Option<(Rc<crate::stats::CoreStats>, crate::types::Partition)>>,
+    /// When each entry not yet applied was appended here (for `raft_commit`).
+    appended_at: RefCell<VecDeque<(u64, Instant)>>,
+}
+
+impl Shared {
+    fn record(&self, op: crate::stats::Op, since: Instant) {
+        if let Some((stats, partition)) = &*self.stats.borrow() {
+            stats.record_latency_since(op, Some(*partition), since);
+        }
+    }
 }
 
 impl Shared {
@@ -241,6 +253,8 @@ pub async fn open(log: Log, disk: Disk) -> crate::Result<(LogStore, StateMachine
         high_watermark: Cell::new(log.lowest_offset()),
         current_snapshot: RefCell::new(None),
         closed: Cell::new(false),
+        stats: RefCell::new(None),
+        appended_at: RefCell::new(VecDeque::new()),
     });
     let applied = shared.meta.borrow().applied;
     let hw = match applied {
@@ -366,6 +380,15 @@ impl LogStore {
         &self.shared.log
     }
 
+    /// Records Raft latencies (append, commit, apply) into `stats` for `partition`.
+    pub fn set_stats(
+        &self,
+        stats: Rc<crate::stats::CoreStats>,
+        partition: crate::types::Partition,
+    ) {
+        *self.shared.stats.borrow_mut() = Some((stats, partition));
+    }
+
     /// Stops the lazy saver after writing the Raft state a last time.
     pub async fn close(&self) -> crate::Result<()> {
         self.shared.closed.set(true);
@@ -437,10 +460,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let seq = self.shared.append_seq.get() + 1;
         self.shared.append_seq.set(seq);
+        let started = Instant::now();
         let mut last = None;
         for mut entry in entries {
             let ticket = submit(&self.shared.log, &mut entry).await.map_err(to_io)?;
             last = Some((ticket, entry.log_id));
+            self.shared
+                .appended_at
+                .borrow_mut()
+                .push_back((entry.log_id.index, started));
             self.shared.pending.borrow_mut().push_back((seq, entry));
         }
         let shared = self.shared.clone();
@@ -453,6 +481,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(id) => {
                     if let Some(id) = id {
                         shared.durable_last.set(Some(id));
+                        shared.record(crate::stats::Op::RaftAppend, started);
                     }
                     shared.pending.borrow_mut().retain(|(s, _)| *s > seq);
                     Ok(())
@@ -473,6 +502,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(to_io)?;
         self.shared.pending.borrow_mut().clear();
+        if let Some(k) = keep {
+            self.shared
+                .appended_at
+                .borrow_mut()
+                .retain(|(i, _)| *i <= k);
+        } else {
+            self.shared.appended_at.borrow_mut().clear();
+        }
         let last = self
             .shared
             .log
@@ -536,10 +573,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             + Unpin
             + OptionalSend,
     {
+        let started = Instant::now();
         let mut hw = self.shared.high_watermark.get();
         let mut membership_changed = false;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            loop {
+                let front = self.shared.appended_at.borrow().front().copied();
+                match front {
+                    Some((index, at)) if index <= entry.log_id.index => {
+                        self.shared.appended_at.borrow_mut().pop_front();
+                        if index == entry.log_id.index {
+                            self.shared.record(crate::stats::Op::RaftCommit, at);
+                        }
+                    }
+                    _ => break,
+                }
+            }
             let base = match &entry.payload {
                 EntryPayload::Normal(d) => {
                     let base = d.base_offset.ok_or_else(|| {
@@ -567,6 +617,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         self.advance(hw);
+        self.shared.record(crate::stats::Op::RaftApply, started);
         if membership_changed {
             self.shared.save_meta().await?;
         } else {

@@ -9,7 +9,9 @@
 //! than dropped, so a 2-minute outlier still shows as "60 s".
 //!
 //! Everything is cumulative since the core started (Prometheus computes rates from cumulative
-//! counters and histograms); nothing is ever reset.
+//! counters and histograms); nothing is ever reset. The one exception is [`RaftState`]: a
+//! partition's Raft position and role as last reported, replaced whole by each
+//! [`CoreStats::set_raft_state`] (its `leader_changes` is still a count since start).
 //!
 //! Memory: a histogram covering the whole range is about 140 KiB (17 408 `u64` counts), and a
 //! core holds one per (op, partition), each copied by every snapshot and merge. So histograms
@@ -106,6 +108,33 @@ impl ConnectionCounters {
     }
 }
 
+/// One partition's Raft group as this node last saw it, set by the Raft layer from openraft's
+/// metrics with [`CoreStats::set_raft_state`]. Node ids are Raft node ids; indexes are Raft log
+/// indexes (not record offsets: control entries take an index but no offset). A node without
+/// Raft (standalone) never sets one, and then `/stats` and `/metrics` show no Raft state.
+/// Serialized as is under `raft` in `/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RaftState {
+    /// Whether this node is the partition's leader.
+    pub is_leader: bool,
+    /// The current term as this node knows it.
+    pub term: u64,
+    /// The leader this node knows of, if any.
+    pub leader: Option<u64>,
+    /// The index of the last entry in this node's Raft log of the partition.
+    pub last_log_index: u64,
+    /// The highest index this node knows to be committed.
+    pub committed_index: u64,
+    /// The highest index applied to this node's state machine.
+    pub applied_index: u64,
+    /// How many times the known leader changed on this node since start (a count: Prometheus
+    /// computes the rate).
+    pub leader_changes: u64,
+    /// Follower node id → how many entries it is behind the leader's `last_log_index`. Only
+    /// the leader knows this; empty on followers.
+    pub follower_lag: BTreeMap<u64, u64>,
+}
+
 /// What the stall detector ([`super::stall`]) saw on a core.
 #[derive(Clone, Debug)]
 pub struct ReactorStats {
@@ -154,6 +183,7 @@ pub struct CoreStats {
     connections_closed: Cell<u64>,
     bad_preambles: Cell<u64>,
     reactor: RefCell<ReactorStats>,
+    raft: RefCell<BTreeMap<Partition, RaftState>>,
 }
 
 impl CoreStats {
@@ -168,6 +198,7 @@ impl CoreStats {
             connections_closed: Cell::new(0),
             bad_preambles: Cell::new(0),
             reactor: RefCell::new(ReactorStats::default()),
+            raft: RefCell::new(BTreeMap::new()),
         };
         // Node-wide ops get their histograms now, so the first request allocates nothing and
         // /metrics shows every op from the start.
@@ -256,6 +287,12 @@ impl CoreStats {
         }
     }
 
+    /// Replaces what this core shows about `partition`'s Raft group. Call it whenever openraft
+    /// reports new metrics for the group; the endpoint shows the latest state set.
+    pub fn set_raft_state(&self, partition: Partition, state: RaftState) {
+        self.raft.borrow_mut().insert(partition, state);
+    }
+
     /// A copy of everything recorded so far, to send to the core that merges.
     pub fn snapshot(&self) -> CoreSnapshot {
         CoreSnapshot {
@@ -269,6 +306,7 @@ impl CoreStats {
             },
             bad_preambles: self.bad_preambles.get(),
             reactor: self.reactor.borrow().clone(),
+            raft: self.raft.borrow().clone(),
         }
     }
 
@@ -295,6 +333,8 @@ pub struct CoreSnapshot {
     pub connections: ConnectionCounters,
     pub bad_preambles: u64,
     pub reactor: ReactorStats,
+    /// The Raft state of each partition on this core that has one (none on a standalone node).
+    pub raft: BTreeMap<Partition, RaftState>,
 }
 
 // A snapshot crosses cores: keep it `Send` (a compile error here, not at the node's call site).
@@ -386,6 +426,37 @@ mod tests {
         assert_eq!(snap.reactor.stalls, 1);
         assert_eq!(snap.reactor.stall_threshold_us, 10_000);
         assert_eq!(snap.reactor.lateness_us.len(), 2);
+    }
+
+    #[test]
+    fn raft_state_is_replaced_whole_per_partition() {
+        let stats = CoreStats::new(0);
+        assert!(stats.snapshot().raft.is_empty(), "no Raft state until set");
+        let mut state = RaftState {
+            is_leader: true,
+            term: 3,
+            leader: Some(1),
+            last_log_index: 40,
+            committed_index: 38,
+            applied_index: 37,
+            leader_changes: 2,
+            follower_lag: BTreeMap::from([(2, 0), (3, 5)]),
+        };
+        stats.set_raft_state(Partition(4), state.clone());
+        stats.set_raft_state(Partition(5), RaftState::default());
+        assert_eq!(stats.snapshot().raft[&Partition(4)], state);
+
+        // Losing leadership: the new state replaces the old one, lag included.
+        state.is_leader = false;
+        state.leader = Some(2);
+        state.term = 4;
+        state.leader_changes = 3;
+        state.follower_lag.clear();
+        stats.set_raft_state(Partition(4), state.clone());
+        let snap = stats.snapshot();
+        assert_eq!(snap.raft.len(), 2);
+        assert_eq!(snap.raft[&Partition(4)], state);
+        assert_eq!(snap.raft[&Partition(5)], RaftState::default());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   },
 //!   "partitions":  {"0": {"bytes_in", "records_in", "bytes_out", "records_out"}, …},
 //!   "totals":      {"bytes_in", "records_in", "bytes_out", "records_out"},
+//!   "raft":        {"0": {"is_leader", "term", "leader", "last_log_index", "committed_index",
+//!                         "applied_index", "leader_changes", "follower_lag": {"<node>": n}}, …},
 //!   "errors":      {"<kind>": count, …},
 //!   "connections": {"opened", "closed", "open"},
 //!   "bad_preambles": n,
@@ -28,6 +30,12 @@
 //!
 //! Percentiles are hdrhistogram's: the highest value equivalent (within 0.1%) to the value at
 //! that rank. An op never recorded shows `count` 0 and zeros everywhere.
+//!
+//! `raft` is always present and holds the partitions whose Raft group reported state
+//! ([`super::RaftState`]): `{}` on a standalone node. `leader` is a Raft node id or `null`;
+//! indexes are Raft log indexes; `leader_changes` counts since start; `follower_lag` maps each
+//! follower's node id to the entries it is behind the leader's `last_log_index`, and is `{}`
+//! except on the leader.
 
 use std::collections::BTreeMap;
 
@@ -35,7 +43,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::core_stats::{ConnectionCounters, PartitionCounters, ReactorStats};
+use super::core_stats::{ConnectionCounters, PartitionCounters, RaftState, ReactorStats};
 use super::node_stats::{CoreView, NodeStats, OpLatency};
 use super::op::Op;
 
@@ -52,6 +60,7 @@ pub fn render_json(stats: &NodeStats) -> String {
         ),
         partitions: stats.partitions.iter().map(|(p, c)| (p.0, *c)).collect(),
         totals: stats.totals,
+        raft: stats.raft.iter().map(|(p, state)| (p.0, state)).collect(),
         errors: &stats.errors,
         connections: connections_json(&stats.connections),
         bad_preambles: stats.bad_preambles,
@@ -96,6 +105,7 @@ struct Document<'a> {
     ops: OpMap<OpJson>,
     partitions: BTreeMap<u32, PartitionCounters>,
     totals: PartitionCounters,
+    raft: BTreeMap<u32, &'a RaftState>,
     errors: &'a BTreeMap<&'static str, u64>,
     connections: ConnectionsJson,
     bad_preambles: u64,
@@ -195,7 +205,7 @@ fn core_json(core: &CoreView) -> CoreJson {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{CoreStats, merge};
+    use crate::stats::{CoreStats, RaftState, merge};
     use crate::types::Partition;
 
     const SUMMARY_KEYS: [&str; 8] = ["count", "p50", "p90", "p99", "p999", "p9999", "max", "mean"];
@@ -281,5 +291,67 @@ mod tests {
         assert_eq!(cores[1]["partitions"], serde_json::json!([1]));
         assert_eq!(cores[1]["ops"]["produce"]["count"], 100);
         assert_summary(&cores[0]["ops"]["fsync"], "cores[0].fsync");
+    }
+
+    #[test]
+    fn raft_ops_have_latency_keys_like_any_op() {
+        let doc = sample();
+        for label in ["raft_append", "raft_commit", "raft_apply"] {
+            assert_summary(&doc["ops"][label]["merged"], label);
+            assert_summary(&doc["ops"][label]["partitions"]["0"], label);
+            assert_summary(&doc["cores"][0]["ops"][label], label);
+        }
+    }
+
+    #[test]
+    fn a_standalone_node_shows_an_empty_raft_object() {
+        let doc = sample();
+        assert_eq!(doc["raft"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn raft_state_is_shown_per_partition() {
+        let a = CoreStats::new(0);
+        let b = CoreStats::new(1);
+        a.set_raft_state(
+            Partition(0),
+            RaftState {
+                is_leader: true,
+                term: 4,
+                leader: Some(1),
+                last_log_index: 120,
+                committed_index: 118,
+                applied_index: 117,
+                leader_changes: 3,
+                follower_lag: BTreeMap::from([(2, 0), (3, 15)]),
+            },
+        );
+        b.set_raft_state(
+            Partition(1),
+            RaftState {
+                term: 2,
+                ..RaftState::default()
+            },
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&render_json(&merge(&[a.snapshot(), b.snapshot()])))
+                .expect("render_json writes valid JSON");
+        assert_eq!(
+            doc["raft"]["0"],
+            serde_json::json!({
+                "is_leader": true,
+                "term": 4,
+                "leader": 1,
+                "last_log_index": 120,
+                "committed_index": 118,
+                "applied_index": 117,
+                "leader_changes": 3,
+                "follower_lag": {"2": 0, "3": 15}
+            })
+        );
+        assert_eq!(doc["raft"]["1"]["is_leader"], false);
+        assert_eq!(doc["raft"]["1"]["leader"], serde_json::Value::Null);
+        assert_eq!(doc["raft"]["1"]["follower_lag"], serde_json::json!({}));
+        assert_eq!(doc["raft"].as_object().map(|o| o.len()), Some(2));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! - [`CoreStats`] (`core_stats.rs`): one per core, shared on that core through `Rc`. Latency
 //!   hdrhistograms per ([`Op`], partition), counters per partition (bytes and records in and
-//!   out), errors by kind, connections, bad preambles, reactor stalls. Recording takes no lock
-//!   and no atomic: cores share nothing.
+//!   out), errors by kind, connections, bad preambles, reactor stalls, and the [`RaftState`] of
+//!   each partition the Raft layer reports. Recording takes no lock and no atomic: cores share
+//!   nothing.
 //! - [`Op`] (`op.rs`): the recorded operations, one line each.
 //! - [`spawn_stall_detector`] (`stall.rs`): a task per core that measures how late a periodic
 //!   timer fires — "something held the core", which is what a stall is on a cooperative
@@ -29,7 +30,7 @@ mod stall;
 
 pub use core_stats::{
     ConnectionCounters, CoreSnapshot, CoreStats, LATENCY_SIGNIFICANT_DIGITS, LATENCY_US_MAX,
-    LATENCY_US_MIN, LatencyKey, PartitionCounters, ReactorStats, new_latency_histogram,
+    LATENCY_US_MIN, LatencyKey, PartitionCounters, RaftState, ReactorStats, new_latency_histogram,
     record_latency_us,
 };
 pub use json::{LatencySummary, render_json};

@@ -3,14 +3,15 @@
 //! Histograms merge exactly (hdrhistogram counts add bucket by bucket, so the merged p99 is the
 //! p99 of all values, not an average of p99s); counters sum. Three views survive the merge: the
 //! node as a whole, each partition (merged across cores, though a partition normally lives on
-//! one), and each core.
+//! one), and each core. Raft state is not summed but united: a partition's Raft group lives on
+//! the one core that owns the partition.
 
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
 use super::core_stats::{
-    ConnectionCounters, CoreSnapshot, PartitionCounters, ReactorStats, add_histogram,
+    ConnectionCounters, CoreSnapshot, PartitionCounters, RaftState, ReactorStats, add_histogram,
     new_latency_histogram,
 };
 use super::op::Op;
@@ -33,7 +34,7 @@ pub struct CoreView {
     pub core: usize,
     /// Every op in [`Op::ALL`], merged over the partitions this core recorded.
     pub ops: BTreeMap<Op, Histogram<u64>>,
-    /// The partitions this core recorded anything for.
+    /// The partitions this core recorded anything for (latencies, counters or Raft state).
     pub partitions: Vec<Partition>,
     /// Errors of every kind on this core.
     pub errors: u64,
@@ -54,6 +55,8 @@ pub struct NodeStats {
     pub connections: ConnectionCounters,
     pub bad_preambles: u64,
     pub reactor: ReactorStats,
+    /// The Raft state of every partition that has one; empty on a standalone node.
+    pub raft: BTreeMap<Partition, RaftState>,
     /// One entry per snapshot, ordered by core.
     pub cores: Vec<CoreView>,
 }
@@ -78,6 +81,7 @@ pub fn merge(snapshots: &[CoreSnapshot]) -> NodeStats {
         connections: ConnectionCounters::default(),
         bad_preambles: 0,
         reactor: ReactorStats::default(),
+        raft: BTreeMap::new(),
         cores: Vec::with_capacity(snapshots.len()),
     };
     for snapshot in snapshots {
@@ -114,6 +118,27 @@ fn merge_one(node: &mut NodeStats, snapshot: &CoreSnapshot) {
     node.connections.add(&snapshot.connections);
     node.bad_preambles = node.bad_preambles.saturating_add(snapshot.bad_preambles);
     node.reactor.add(&snapshot.reactor);
+    for (partition, state) in &snapshot.raft {
+        merge_raft_state(&mut node.raft, *partition, state);
+    }
+}
+
+/// Adds one core's `state` for `partition`. Two cores never own one partition, but if reports
+/// ever overlapped the stats endpoint should still answer rather than crash, and not flip with
+/// the order the cores replied in: keep the state with the newest Raft position (term, last log
+/// index, applied index); on an exact tie the first merged stays.
+fn merge_raft_state(
+    raft: &mut BTreeMap<Partition, RaftState>,
+    partition: Partition,
+    state: &RaftState,
+) {
+    let position = |s: &RaftState| (s.term, s.last_log_index, s.applied_index);
+    match raft.get(&partition) {
+        Some(kept) if position(kept) >= position(state) => {}
+        _ => {
+            raft.insert(partition, state.clone());
+        }
+    }
 }
 
 fn core_view(snapshot: &CoreSnapshot) -> CoreView {
@@ -131,6 +156,7 @@ fn core_view(snapshot: &CoreSnapshot) -> CoreView {
         }
     }
     partitions.extend(snapshot.partitions.keys().copied());
+    partitions.extend(snapshot.raft.keys().copied());
     partitions.sort();
     partitions.dedup();
     CoreView {
@@ -246,5 +272,59 @@ mod tests {
         assert_eq!(node.ops.len(), Op::ALL.len());
         assert!(node.ops.values().all(|l| l.merged.is_empty()));
         assert!(node.cores.is_empty());
+        assert!(node.raft.is_empty());
+    }
+
+    fn raft_state(is_leader: bool, term: u64, last_log_index: u64) -> RaftState {
+        RaftState {
+            is_leader,
+            term,
+            leader: Some(if is_leader { 1 } else { 2 }),
+            last_log_index,
+            committed_index: last_log_index,
+            applied_index: last_log_index,
+            leader_changes: term,
+            follower_lag: if is_leader {
+                BTreeMap::from([(2, 0), (3, 7)])
+            } else {
+                BTreeMap::new()
+            },
+        }
+    }
+
+    #[test]
+    fn raft_state_is_the_union_of_every_cores_partitions() {
+        let a = CoreStats::new(0);
+        let b = CoreStats::new(1);
+        a.set_raft_state(Partition(0), raft_state(true, 2, 10));
+        b.set_raft_state(Partition(1), raft_state(false, 5, 20));
+        b.set_raft_state(Partition(3), raft_state(true, 1, 1));
+        let node = merge(&[b.snapshot(), a.snapshot()]);
+        assert_eq!(node.raft.len(), 3);
+        assert_eq!(node.raft[&Partition(0)], raft_state(true, 2, 10));
+        assert_eq!(node.raft[&Partition(1)], raft_state(false, 5, 20));
+        assert_eq!(node.raft[&Partition(3)], raft_state(true, 1, 1));
+        assert_eq!(node.cores[1].partitions, vec![Partition(1), Partition(3)]);
+    }
+
+    #[test]
+    fn a_partition_reported_by_two_cores_keeps_the_newest_position_in_any_order() {
+        let a = CoreStats::new(0);
+        let b = CoreStats::new(1);
+        a.set_raft_state(Partition(0), raft_state(true, 2, 10));
+        b.set_raft_state(Partition(0), raft_state(false, 3, 9));
+        for snapshots in [
+            vec![a.snapshot(), b.snapshot()],
+            vec![b.snapshot(), a.snapshot()],
+        ] {
+            let node = merge(&snapshots);
+            assert_eq!(node.raft[&Partition(0)], raft_state(false, 3, 9));
+        }
+    }
+
+    #[test]
+    fn a_standalone_node_has_no_raft_state() {
+        let node = merge(&two_cores());
+        assert!(node.raft.is_empty());
     }
 }

@@ -1,9 +1,8 @@
 //! [`Op`]: the operations whose latency a core records, one histogram each.
 //!
 //! The list is a table: each line names a variant, its label (the `op` label in `/metrics` and
-//! the key in `/stats`), its [`Scope`] and a doc comment. Adding an operation (Raft append,
-//! commit, apply) is one line here; recording, merging and both renderings pick it up from
-//! [`Op::ALL`].
+//! the key in `/stats`), its [`Scope`] and a doc comment. Adding an operation is one line here;
+//! recording, merging and both renderings pick it up from [`Op::ALL`].
 
 /// Where an op's latency is usually recorded. Only a guide for allocating histograms up front
 /// ([`super::CoreStats::add_partition`]); any op may be recorded with or without a partition.
@@ -64,6 +63,17 @@ define_ops! {
     Leave => ("leave", Node),
     /// One group-commit flush of a partition: the writes plus the `fdatasync` that covers them.
     Fsync => ("fsync", Partition),
+    /// One batch of Raft entries, from being handed to the partition's local log (proposed on
+    /// the leader, received in an AppendEntries on a follower) to durable: the disk's part of
+    /// replication.
+    RaftAppend => ("raft_append", Partition),
+    /// One Raft entry, from its append to the local log to its apply on this node: the wait
+    /// for a quorum to hold it (commit) plus the apply. On a follower the commit is learned
+    /// from the leader, so this includes the leader's next heartbeat or AppendEntries.
+    RaftCommit => ("raft_commit", Partition),
+    /// One call of the partition's state machine apply, for however many committed entries it
+    /// was given.
+    RaftApply => ("raft_apply", Partition),
 }
 
 #[cfg(test)]

@@ -12,12 +12,21 @@
 //! | `corelog_op_latency_seconds` | histogram | `op`, `partition` (absent for node-wide ops) |
 //! | `corelog_bytes_in_total`, `corelog_bytes_out_total` | counter | `partition` |
 //! | `corelog_records_in_total`, `corelog_records_out_total` | counter | `partition` |
+//! | `corelog_raft_is_leader` (1 or 0), `corelog_raft_term` | gauge | `partition` |
+//! | `corelog_raft_leader_changes_total` | counter | `partition` |
+//! | `corelog_raft_last_log_index`, `corelog_raft_commit_index`, `corelog_raft_applied_index` | gauge | `partition` |
+//! | `corelog_raft_follower_lag_entries` | gauge | `partition`, `follower` (a Raft node id) |
 //! | `corelog_errors_total` | counter | `kind` |
 //! | `corelog_connections_opened_total`, `corelog_connections_closed_total` | counter | `core` |
 //! | `corelog_connections_open` | gauge | `core` |
 //! | `corelog_bad_preambles_total` | counter | `core` |
 //! | `corelog_reactor_stalls_total` | counter | `core` |
 //! | `corelog_reactor_lateness_seconds` | histogram | `core` |
+//!
+//! The `corelog_raft_*` families appear only for partitions whose Raft group reported state
+//! (none on a standalone node), and `corelog_raft_follower_lag_entries` only on the leader:
+//! entries each follower is behind the leader's last log index. The Raft latencies are ops of
+//! `corelog_op_latency_seconds` (`raft_append`, `raft_commit`, `raft_apply`).
 //!
 //! Latency series are per partition (a partition lives on one core, so there is no separate
 //! core label) and never an "all partitions" series: Prometheus sums series exactly, and a
@@ -216,6 +225,7 @@ impl Exposition {
 
         let mut families = vec![latency];
         families.extend(partition_counters);
+        families.extend(raft_families(stats));
         families.push(errors);
         families.extend(per_core);
         families.push(lateness);
@@ -254,6 +264,71 @@ impl Collector for Exposition {
     }
 }
 
+/// The per-partition Raft families, in the order they are written; no samples when no
+/// partition has Raft state.
+fn raft_families(stats: &NodeStats) -> Vec<Family> {
+    let mut per_partition = [
+        Family::new(
+            "corelog_raft_is_leader",
+            "1 when this node is the partition's Raft leader, else 0.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_raft_term",
+            "The partition's current Raft term as this node knows it.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_raft_leader_changes",
+            "Changes of the partition's Raft leader seen by this node.",
+            MetricType::Counter,
+        ),
+        Family::new(
+            "corelog_raft_last_log_index",
+            "Index of the last entry in this node's Raft log of the partition.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_raft_commit_index",
+            "Highest Raft index of the partition this node knows to be committed.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_raft_applied_index",
+            "Highest Raft index of the partition applied on this node.",
+            MetricType::Gauge,
+        ),
+    ];
+    let mut lag = Family::new(
+        "corelog_raft_follower_lag_entries",
+        "Entries a follower is behind the leader's last log index (reported by the leader only).",
+        MetricType::Gauge,
+    );
+    for (partition, state) in &stats.raft {
+        let values = [
+            Value::Gauge(u64::from(state.is_leader)),
+            Value::Gauge(state.term),
+            Value::Counter(state.leader_changes),
+            Value::Gauge(state.last_log_index),
+            Value::Gauge(state.committed_index),
+            Value::Gauge(state.applied_index),
+        ];
+        for (family, value) in per_partition.iter_mut().zip(values) {
+            family.push(vec![("partition", partition.to_string())], value);
+        }
+        for (follower, entries) in &state.follower_lag {
+            let labels = vec![
+                ("partition", partition.to_string()),
+                ("follower", follower.to_string()),
+            ];
+            lag.push(labels, Value::Gauge(*entries));
+        }
+    }
+    let mut families = Vec::from(per_partition);
+    families.push(lag);
+    families
+}
+
 /// The Prometheus view of one hdrhistogram (microseconds) in seconds.
 fn histogram_value(h: &Histogram<u64>) -> Value {
     let mut per_bucket = [0u64; BUCKETS_US.len()];
@@ -281,7 +356,7 @@ mod tests {
     use std::collections::{BTreeMap, HashSet};
 
     use super::*;
-    use crate::stats::{CoreStats, Op, merge};
+    use crate::stats::{CoreStats, Op, RaftState, merge};
     use crate::types::Partition;
 
     fn sample_text() -> String {
@@ -303,6 +378,44 @@ mod tests {
         b.record_error("weird \"kind\"\\\nline");
         a.connection_opened();
         b.record_reactor_lateness(12_000, 10_000);
+        render_prometheus(&merge(&[a.snapshot(), b.snapshot()]))
+    }
+
+    /// Two cores with Raft: core 0 leads partition 0, core 1 follows on partition 1.
+    fn raft_text() -> String {
+        let a = CoreStats::new(0);
+        let b = CoreStats::new(1);
+        a.add_partition(Partition(0));
+        b.add_partition(Partition(1));
+        a.record_latency(Op::RaftAppend, Some(Partition(0)), 400);
+        a.record_latency(Op::RaftCommit, Some(Partition(0)), 900);
+        b.record_latency(Op::RaftApply, Some(Partition(1)), 30);
+        a.set_raft_state(
+            Partition(0),
+            RaftState {
+                is_leader: true,
+                term: 7,
+                leader: Some(1),
+                last_log_index: 500,
+                committed_index: 498,
+                applied_index: 497,
+                leader_changes: 2,
+                follower_lag: BTreeMap::from([(2, 0), (3, 42)]),
+            },
+        );
+        b.set_raft_state(
+            Partition(1),
+            RaftState {
+                is_leader: false,
+                term: 5,
+                leader: Some(2),
+                last_log_index: 90,
+                committed_index: 90,
+                applied_index: 89,
+                leader_changes: 1,
+                follower_lag: BTreeMap::new(),
+            },
+        );
         render_prometheus(&merge(&[a.snapshot(), b.snapshot()]))
     }
 
@@ -391,9 +504,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_family_has_help_and_type_before_its_samples() {
-        let text = sample_text();
+    /// Checks the structure of a page (HELP then TYPE before a family's samples, each once;
+    /// counters end in `_total`; every sample line parses) and returns family name → type.
+    fn families_by_type(text: &str) -> BTreeMap<String, String> {
         let mut typed: BTreeMap<String, String> = BTreeMap::new();
         let mut helped = HashSet::new();
         for line in text.lines() {
@@ -432,6 +545,13 @@ mod tests {
                 }
             }
         }
+        typed
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_before_its_samples() {
+        let text = sample_text();
+        let typed = families_by_type(&text);
         for name in [
             "corelog_op_latency_seconds",
             "corelog_bytes_in_total",
@@ -540,6 +660,69 @@ mod tests {
             series["op=metadata"].count, 1.0,
             "node-wide ops have no partition label"
         );
+    }
+
+    #[test]
+    fn raft_state_is_exposed_per_partition_with_lag_per_follower() {
+        let text = raft_text();
+        let typed = families_by_type(&text);
+        for (kind, family) in [
+            ("gauge", "corelog_raft_is_leader"),
+            ("gauge", "corelog_raft_term"),
+            ("counter", "corelog_raft_leader_changes_total"),
+            ("gauge", "corelog_raft_last_log_index"),
+            ("gauge", "corelog_raft_commit_index"),
+            ("gauge", "corelog_raft_applied_index"),
+            ("gauge", "corelog_raft_follower_lag_entries"),
+        ] {
+            assert_eq!(
+                typed.get(family).map(String::as_str),
+                Some(kind),
+                "{family} in:\n{text}"
+            );
+        }
+        for line in [
+            "corelog_raft_is_leader{partition=\"0\"} 1",
+            "corelog_raft_is_leader{partition=\"1\"} 0",
+            "corelog_raft_term{partition=\"0\"} 7",
+            "corelog_raft_term{partition=\"1\"} 5",
+            "corelog_raft_leader_changes_total{partition=\"0\"} 2",
+            "corelog_raft_leader_changes_total{partition=\"1\"} 1",
+            "corelog_raft_last_log_index{partition=\"0\"} 500",
+            "corelog_raft_commit_index{partition=\"0\"} 498",
+            "corelog_raft_applied_index{partition=\"0\"} 497",
+            "corelog_raft_applied_index{partition=\"1\"} 89",
+            "corelog_raft_follower_lag_entries{partition=\"0\",follower=\"2\"} 0",
+            "corelog_raft_follower_lag_entries{partition=\"0\",follower=\"3\"} 42",
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line} missing:\n{text}"
+            );
+        }
+        let lag_lines = text
+            .lines()
+            .filter(|l| l.starts_with("corelog_raft_follower_lag_entries{"))
+            .count();
+        assert_eq!(lag_lines, 2, "only the leader reports lag");
+    }
+
+    #[test]
+    fn raft_latencies_are_op_histograms() {
+        let series = histogram_series(&raft_text(), "corelog_op_latency_seconds");
+        assert_eq!(series["op=raft_append,partition=0"].count, 1.0);
+        assert_eq!(series["op=raft_commit,partition=0"].count, 1.0);
+        assert_eq!(series["op=raft_apply,partition=1"].count, 1.0);
+        assert_eq!(
+            series["op=raft_apply,partition=0"].count, 0.0,
+            "allocated by add_partition, never recorded"
+        );
+    }
+
+    #[test]
+    fn a_standalone_node_has_no_raft_families() {
+        let text = sample_text();
+        assert!(!text.contains("corelog_raft_"), "{text}");
     }
 
     #[test]
