@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use corelog::cli::{self, CertsArgs, ConsumeArgs, ProduceArgs, ServersArgs};
+use corelog::cli::{self, CertsArgs, ClusterCommand, ConsumeArgs, ProduceArgs, ServersArgs};
 use corelog::config::ServeArgs;
 use corelog::storage::check::{self, PartitionReport, Summary};
 use corelog::tuning::doctor::{self, DoctorArgs};
@@ -55,11 +55,25 @@ enum Command {
     /// Write a CA and node/client certificates (the CA is reused if present).
     Certs(CertsArgs),
     /// Append records (stdin lines, or --value) and print each offset once acknowledged.
+    ///
+    /// --addr may be any node of a cluster: the command follows the partition's leader.
     Produce(ProduceArgs),
     /// Print records of a partition from an offset.
     Consume(ConsumeArgs),
-    /// Print the cluster's servers and the partitions each leads.
+    /// Print the cluster's servers: the partitions each leads (and, in a replicated cluster,
+    /// votes in and learns), as the node at --addr sees them.
+    ///
+    /// Standalone node: `id address leader partitions-led` under a header. Replicated cluster:
+    /// `id address led voter learner` under a header, one line per node by id, lists
+    /// comma-separated, `-` when empty. --json prints one JSON document instead.
     Servers(ServersArgs),
+    /// Change a replicated cluster's membership: `leave` removes a node, `join` adds one.
+    ///
+    /// Needs the admin right: these commands present the `node` certificate by default.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Check this host and a data directory for running a node.
     ///
     /// One line per check: `PASS|WARN|FAIL  <check>: <found>; <meaning>`, then `    fix: <command>`
@@ -117,6 +131,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         Command::Produce(args) => cli::produce(&args).map(|()| EXIT_OK),
         Command::Consume(args) => cli::consume(&args).map(|()| EXIT_OK),
         Command::Servers(args) => cli::servers(&args).map(|()| EXIT_OK),
+        Command::Cluster { command } => cli::cluster(&command).map(|()| EXIT_OK),
         Command::Doctor(args) => doctor::run_cli(&args),
         Command::Iotune(args) => iotune::run_cli(&args),
     }

@@ -299,12 +299,14 @@ async fn run_core(
             while !shard.node.shutting_down() {
                 crate::io::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
             }
+            // Hand leadership off while this node still accepts connections and serves
+            // peers: the new leader may need this node's vote or log.
+            hand_off_leadership(&shard).await;
             shard.begin_shutdown();
         })
         .detach();
     }
     server::accept_loop(shard.clone(), listener).await;
-    hand_off_leadership(&shard).await;
     drain_connections(&shard).await;
     let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
     for group in groups {

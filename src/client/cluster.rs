@@ -33,6 +33,8 @@ pub struct ClusterClient {
     /// Nodes to ask when no leader is known, in order.
     seeds: RefCell<Vec<SocketAddr>>,
     nodes: RefCell<HashMap<SocketAddr, Rc<Client>>>,
+    /// One connect at a time per node: requests sent in order must share one connection.
+    connecting: RefCell<HashMap<SocketAddr, Rc<glommio::sync::Semaphore>>>,
     leaders: RefCell<HashMap<u32, SocketAddr>>,
     /// How long one request may spend finding a leader.
     pub leader_wait: Duration,
@@ -45,6 +47,7 @@ impl ClusterClient {
             seeds: RefCell::new(vec![config.addr]),
             template: config,
             nodes: RefCell::new(HashMap::new()),
+            connecting: RefCell::new(HashMap::new()),
             leaders: RefCell::new(HashMap::new()),
             leader_wait: Duration::from_millis(LEADER_WAIT_MS_DEFAULT),
         }
@@ -62,6 +65,22 @@ impl ClusterClient {
 
     /// The client of the node at `addr`, connecting if needed.
     pub async fn node(&self, addr: SocketAddr) -> Result<Rc<Client>, ClientError> {
+        if let Some(c) = self.nodes.borrow().get(&addr) {
+            return Ok(c.clone());
+        }
+        let gate = self
+            .connecting
+            .borrow_mut()
+            .entry(addr)
+            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+            .clone();
+        let _connecting = gate
+            .acquire_permit(1)
+            .await
+            .map_err(|e| ClientError::Connection {
+                addr: addr.to_string(),
+                message: format!("connect: {e}"),
+            })?;
         if let Some(c) = self.nodes.borrow().get(&addr) {
             return Ok(c.clone());
         }

@@ -273,8 +273,21 @@ impl Group {
         if !self.is_leader() {
             return false;
         }
+        // The most caught-up other voter (one that answers replication at all).
         let (_, voters) = self.members();
-        let Some(to) = voters.into_iter().find(|v| *v != self.node_id) else {
+        let to = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.replication.as_ref().and_then(|r| {
+                r.iter()
+                    .filter(|(id, matched)| {
+                        **id != self.node_id && voters.contains(id) && matched.is_some()
+                    })
+                    .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                    .map(|(id, _)| *id)
+            })
+        };
+        let Some(to) = to else {
             return true;
         };
         if self.raft.trigger().transfer_leader(to).await.is_err() {
