@@ -208,13 +208,22 @@ impl ClusterClient {
         loop {
             let addr = self.leader_of(partition, attempt);
             attempt += 1;
-            let result = match self.node(addr).await {
-                Ok(node) => {
-                    node.call_partition(partition, request.clone(), idempotent)
-                        .await
+            let node = match self.node(addr).await {
+                Ok(node) => node,
+                Err(e) => {
+                    // Nothing was sent (certainly not applied): forget that node as the leader
+                    // and try the next one.
+                    self.leaders.borrow_mut().remove(&partition);
+                    if Instant::now() + Duration::from_millis(NO_LEADER_BACKOFF_MS) >= deadline {
+                        return Err(e);
+                    }
+                    crate::io::sleep(Duration::from_millis(NO_LEADER_BACKOFF_MS)).await;
+                    continue;
                 }
-                Err(e) => Err(e),
             };
+            let result = node
+                .call_partition(partition, request.clone(), idempotent)
+                .await;
             let retry_after = match &result {
                 Err(ClientError::Server(ServerError::NotLeader { leader_addr, .. })) => {
                     match leader_addr
