@@ -363,7 +363,11 @@ fn kill_9_during_produce_then_restart_keeps_every_acknowledged_record() {
                                 acks.set(acks.get() + 1);
                             }
                             // The node died: this produce's outcome is unknown.
-                            Err(ClientError::Connection { .. } | ClientError::Timeout { .. }) => {
+                            Err(
+                                ClientError::Connection { .. }
+                                | ClientError::Connect { .. }
+                                | ClientError::Timeout { .. },
+                            ) => {
                                 break;
                             }
                             Err(e) => panic!("unexpected produce error: {e}"),
@@ -779,7 +783,7 @@ fn sigterm_finishes_in_flight_produces_exits_0_and_the_data_survives_a_restart()
                     after_signal += usize::from(late);
                 }
                 // Sent but never read by the node before it stopped reading.
-                Err(ClientError::Connection { .. }) => {}
+                Err(ClientError::Connection { .. } | ClientError::Connect { .. }) => {}
                 Err(e) => panic!("produce {i}: {e} (a graceful stop answers what it read)"),
             }
             if i == 0 {

@@ -249,7 +249,11 @@ impl ClusterClient {
                     }
                     Duration::from_millis(NO_LEADER_BACKOFF_MS)
                 }
-                Err(e @ (ClientError::Connection { .. } | ClientError::Timeout { .. })) => {
+                Err(
+                    e @ (ClientError::Connection { .. }
+                    | ClientError::Connect { .. }
+                    | ClientError::Timeout { .. }),
+                ) => {
                     self.leaders.borrow_mut().remove(&partition);
                     self.nodes.borrow_mut().remove(&addr);
                     if !idempotent && !e.certainly_not_applied() {

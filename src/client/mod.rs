@@ -50,6 +50,9 @@ pub enum ClientError {
     /// applied.
     #[error("connection to {addr}: {message}")]
     Connection { addr: String, message: String },
+    /// No connection could be opened for the request: it was never sent.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
     /// TLS material could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
@@ -66,7 +69,7 @@ impl ClientError {
     pub fn certainly_not_applied(&self) -> bool {
         match self {
             ClientError::Server(e) => e.certainly_not_applied(),
-            ClientError::Tls(_) => true,
+            ClientError::Tls(_) | ClientError::Connect { .. } => true,
             _ => false,
         }
     }
@@ -294,9 +297,16 @@ impl Client {
             let conn = self.connection(core).await;
             let result = match conn {
                 Ok(conn) => conn.request(request.clone()).await,
+                // Never sent: safe to retry whatever the request.
+                Err(ClientError::Connection { addr, message }) => {
+                    Err(ClientError::Connect { addr, message })
+                }
                 Err(e) => Err(e),
             };
             match result {
+                Err(ClientError::Connect { .. }) if attempt < RETRIES_MAX => {
+                    self.connections.borrow_mut().remove(&core);
+                }
                 Err(e @ ClientError::Connection { .. }) if attempt < RETRIES_MAX => {
                     // A read is safe to resend; a produce only if it never left.
                     if !idempotent {
