@@ -39,6 +39,8 @@ const RECORD_FRAMING_BYTES: usize = 6;
     long_about = "Measure a corelog node's throughput and latency, and check every record it serves.\n\n\
         With no flags: a 10 s mixed produce/consume run (after 1 s of warm-up) against the local \
         dev node (127.0.0.1:7400, certificates in ./corelog-data/tls).\n\n\
+        With --cluster: load a replicated cluster through its partitions' leaders; NOT_LEADER \
+        answers are followed and reported as reroutes.\n\n\
         Exit codes: 0 the run finished and every record checked out; 1 violations (lost, \
         corrupt, duplicated or reordered records); 2 bad flags or the node could not be \
         reached; 3 no violations, but requests failed.",
@@ -95,12 +97,33 @@ pub enum ConsumeApi {
     Poll,
 }
 
+/// Which replica cluster consumers read from (`--consume-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumeFrom {
+    /// The partition's leader.
+    Leader,
+    /// The partition's other replicas, spread over the consumers (the leader when it has none).
+    Follower,
+}
+
 /// Flags of a load run (the default command).
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Node(s) to load, comma-separated or repeated. Each is loaded as an independent node.
+    /// Node(s) to load, comma-separated or repeated. Each is loaded as an independent node
+    /// (with `--cluster`: nodes of one cluster to ask for its partitions' leaders).
     #[arg(long, value_delimiter = ',', default_value = ADDR_DEFAULT)]
     pub addr: Vec<SocketAddr>,
+    /// Load a replicated cluster: `--addr` names one or more of its nodes; each partition is
+    /// loaded once, produces go to its leader (from Metadata), and a NOT_LEADER answer sends
+    /// the batch on to the leader it names (counted as a reroute, not an error: the batch was
+    /// certainly not applied).
+    #[arg(long)]
+    pub cluster: bool,
+    /// With `--cluster`: the replica consumers read from (every replica serves what is
+    /// committed, at the same offsets).
+    #[arg(long, value_enum)]
+    pub consume_from: Option<ConsumeFrom>,
     /// Directory with `ca.pem` and the client certificate.
     #[arg(long, default_value = TLS_DIR_DEFAULT)]
     pub tls_dir: PathBuf,
@@ -190,6 +213,10 @@ pub struct Partitions(pub Vec<u32>);
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     pub addr: Vec<SocketAddr>,
+    /// `--addr` names nodes of one replicated cluster.
+    pub cluster: bool,
+    /// Cluster runs: the replica consumers read from.
+    pub consume_from: Option<ConsumeFrom>,
     pub tls_dir: PathBuf,
     pub tls_name: String,
     /// CPUs, one executor pinned to each.
@@ -236,6 +263,11 @@ impl RunArgs {
         let cpus = choose_cpus(self.cores, self.cpuset.as_deref(), online_cpus)?;
         if self.addr.is_empty() {
             return Err("--addr: give at least one node address".into());
+        }
+        if self.consume_from.is_some() && !self.cluster {
+            return Err(
+                "--consume-from needs --cluster (a standalone node has one replica)".into(),
+            );
         }
         if !(HEADER_BYTES..=RECORD_BYTES_MAX).contains(&self.record_bytes) {
             return Err(format!(
@@ -307,6 +339,10 @@ impl RunArgs {
         }
         Ok(RunConfig {
             addr: self.addr.clone(),
+            cluster: self.cluster,
+            consume_from: self
+                .cluster
+                .then(|| self.consume_from.unwrap_or(ConsumeFrom::Leader)),
             tls_dir: self.tls_dir.clone(),
             tls_name: self.tls_name.clone(),
             cpus,
@@ -498,6 +534,20 @@ mod tests {
         assert_eq!(c.consumers, None);
         assert_eq!(c.rate, None);
         assert_eq!(c.from, From::End);
+        assert!(!c.cluster);
+        assert_eq!(c.consume_from, None);
+    }
+
+    #[test]
+    fn cluster_runs_read_from_the_leader_unless_told_otherwise() {
+        let c = parse(&["--cluster", "--addr", "127.0.0.1:1,127.0.0.1:2"]).unwrap();
+        assert!(c.cluster);
+        assert_eq!(c.addr.len(), 2);
+        assert_eq!(c.consume_from, Some(ConsumeFrom::Leader));
+        let c = parse(&["--cluster", "--consume-from", "follower"]).unwrap();
+        assert_eq!(c.consume_from, Some(ConsumeFrom::Follower));
+        let err = parse(&["--consume-from", "follower"]).unwrap_err();
+        assert!(err.contains("--cluster"), "{err}");
     }
 
     #[test]

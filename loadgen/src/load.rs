@@ -16,9 +16,14 @@
 //! stop once every producer is done and they have read up to the highest acknowledged
 //! offset, or at the drain deadline; with no producers, at the end of the window or once
 //! they reach the end the partition had at the start (`--from start`).
+//!
+//! **Cluster runs** (`--cluster`): producers send to their partition's leader and follow
+//! NOT_LEADER answers, keeping their acknowledged records in sequence order; consumers read
+//! from the leader or a follower and move on when their node fails (see `route.rs`).
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,13 +32,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use corelog::client::{Client, ClientConfig, ClientError, Subscription};
+use corelog::proto::ProduceResponse;
 use corelog::proto::Record as WireRecord;
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 use rand::{RngCore, SeedableRng};
 
-use crate::args::{ConsumeApi, From, RunConfig};
-use crate::plan::{Assignment, Plan, Shared, Timeline};
+use crate::args::{ConsumeApi, ConsumeFrom, From, RunConfig};
+use crate::plan::{Assignment, Plan, Shared, Target, Timeline};
 use crate::record::{self, Header};
+use crate::route::{self, Nodes, ReadFrom, Route};
 use crate::stats::{self, Measures};
 use crate::verify::{PartitionVerifier, Ranges, VerifierOutcome, Violations};
 
@@ -73,6 +80,8 @@ pub struct ProducerOutcome {
     /// Open loop: batches whose scheduled time came before the end but were never sent
     /// because every in-flight slot was taken.
     pub unsent_scheduled: u64,
+    /// Cluster runs: NOT_LEADER answers followed (the batch resent to the leader).
+    pub reroutes: u64,
 }
 
 /// What a consumer leaves behind.
@@ -155,8 +164,11 @@ pub async fn run_core(
         .iter()
         .filter(|a| a.core == index)
         .map(|&a| {
-            let client = clients[plan.targets[a.target].node].clone();
-            glommio::spawn_local(run_producer(core.clone(), client, a))
+            let sender = match &clients {
+                Clients::Nodes(c) => ProduceTo::Node(c[plan.targets[a.target].node].clone()),
+                Clients::Cluster(nodes) => ProduceTo::Cluster(nodes.clone()),
+            };
+            glommio::spawn_local(run_producer(core.clone(), sender, a))
         })
         .collect();
     let consumers: Vec<_> = plan
@@ -164,8 +176,19 @@ pub async fn run_core(
         .iter()
         .filter(|a| a.core == index)
         .map(|&a| {
-            let client = clients[plan.targets[a.target].node].clone();
-            glommio::spawn_local(run_consumer(core.clone(), client, a))
+            let target = &plan.targets[a.target];
+            let read = match &clients {
+                Clients::Nodes(c) => ReadFrom::Node(c[target.node].clone()),
+                Clients::Cluster(nodes) => ReadFrom::Cluster {
+                    nodes: nodes.clone(),
+                    partition: target.partition,
+                    leader: config.consume_from != Some(ConsumeFrom::Follower),
+                    replicas: read_replicas(&config, target, a.id),
+                    next: 0,
+                    current: None,
+                },
+            };
+            glommio::spawn_local(run_consumer(core.clone(), read, a))
         })
         .collect();
     let floors: Vec<u64> = plan
@@ -225,16 +248,40 @@ impl Sched {
 }
 
 /// Where consumers of `target` must read up to at least, whatever the producers did.
-fn consumer_floor(config: &RunConfig, target: &crate::plan::Target) -> u64 {
+fn consumer_floor(config: &RunConfig, target: &Target) -> u64 {
     match config.from {
         From::End => target.start_offset,
         From::Start | From::Offset(_) => target.end_offset_at_start.max(target.start_offset),
     }
 }
 
-/// One client per node this core loads, with connections to every owner core it will use
-/// already open (so no two tasks race to open the same one, and the start is not skewed).
-async fn connect(index: usize, config: &RunConfig, plan: &Plan) -> Result<Vec<Rc<Client>>, String> {
+/// What a core's producers and consumers send with: one client per `--addr` node, or (with
+/// `--cluster`) the cluster's nodes, each producer following its partition's leader.
+enum Clients {
+    Nodes(Vec<Rc<Client>>),
+    Cluster(Rc<Nodes>),
+}
+
+/// Where one producer sends.
+enum ProduceTo {
+    Node(Rc<Client>),
+    Cluster(Rc<Nodes>),
+}
+
+/// Cluster runs: the replicas consumer `id` of `target` reads from, in turn (the first is the
+/// leader when the run started, unless `--consume-from follower`).
+fn read_replicas(config: &RunConfig, target: &Target, id: u32) -> Vec<SocketAddr> {
+    target.read_replicas(config.consume_from.unwrap_or(ConsumeFrom::Leader), id)
+}
+
+/// This core's clients, with connections to every owner core its producers and consumers will
+/// use already open (so no two tasks race to open the same one, and the start is not skewed).
+async fn connect(index: usize, config: &RunConfig, plan: &Plan) -> Result<Clients, String> {
+    if config.cluster {
+        return connect_cluster(index, config, plan)
+            .await
+            .map(Clients::Cluster);
+    }
     let mut clients = Vec::new();
     for (node, addr) in config.addr.iter().enumerate() {
         let mut client_config = ClientConfig::new(*addr, &config.tls_dir, &config.tls_name)
@@ -277,7 +324,53 @@ async fn connect(index: usize, config: &RunConfig, plan: &Plan) -> Result<Vec<Rc
         }
         clients.push(Rc::new(client));
     }
-    Ok(clients)
+    Ok(Clients::Nodes(clients))
+}
+
+/// `--cluster`: clients of the nodes this core starts on (each partition's leader, and the
+/// replicas its consumers read), with the owner-core connections open.
+async fn connect_cluster(
+    index: usize,
+    config: &RunConfig,
+    plan: &Plan,
+) -> Result<Rc<Nodes>, String> {
+    let nodes = Rc::new(Nodes::new(
+        &config.addr,
+        config.tls_dir.clone(),
+        config.tls_name.clone(),
+        Duration::from_millis(REQUEST_TIMEOUT_MS),
+    ));
+    let mut used: Vec<(SocketAddr, u32)> = Vec::new();
+    for a in plan.producers.iter().filter(|a| a.core == index) {
+        let t = &plan.targets[a.target];
+        used.push((t.addr, t.partition));
+    }
+    for a in plan.consumers.iter().filter(|a| a.core == index) {
+        let t = &plan.targets[a.target];
+        used.push((read_replicas(config, t, a.id)[0], t.partition));
+    }
+    for t in &plan.targets {
+        nodes.learn(t.replicas.iter().map(|r| r.addr));
+    }
+    used.sort_unstable();
+    used.dedup();
+    for (addr, partition) in used {
+        let client = nodes
+            .client(addr)
+            .await
+            .map_err(|e| format!("cannot reach the node at {addr}: {e}"))?;
+        let meta = client
+            .metadata()
+            .await
+            .map_err(|e| format!("metadata from {addr}: {e}"))?;
+        if let Some(p) = meta.partitions.iter().find(|p| p.partition == partition) {
+            client
+                .connection(p.owner_core as u16)
+                .await
+                .map_err(|e| format!("cannot connect to core {} of {addr}: {e}", p.owner_core))?;
+        }
+    }
+    Ok(nodes)
 }
 
 /// Sends this core's interval measurements to the main thread at each whole second of the
@@ -311,6 +404,7 @@ pub fn error_kind(e: &ClientError) -> String {
     match e {
         ClientError::Server(s) => s.code().as_str_name().to_ascii_lowercase(),
         ClientError::Connection { .. } => "connection".into(),
+        ClientError::Connect { .. } => "connect".into(),
         ClientError::Tls(_) => "tls".into(),
         ClientError::Timeout { .. } => "timeout".into(),
         ClientError::Protocol { .. } => "protocol".into(),
@@ -394,12 +488,51 @@ struct ProducerState {
     failed: Ranges,
     acked_records: u64,
     acked_end: Option<u64>,
+    /// The highest first sequence of a batch acknowledged so far.
+    max_acked_first: Option<u64>,
+    /// Cluster runs: the route to the leader (see `route.rs`).
+    route: Route,
+    /// Cluster runs: a request failed or was refused since the route was last settled.
+    route_broken: bool,
+    /// Cluster runs: batches refused with NOT_LEADER, by first sequence, to resend in order.
+    refused: BTreeMap<u64, Sent>,
+    /// NOT_LEADER answers followed.
+    reroutes: u64,
 }
 
-async fn run_producer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> ProducerOutcome {
+impl ProducerState {
+    /// Cluster runs: whether the route must be settled before the next send.
+    fn needs_settle(&self) -> bool {
+        self.route_broken || self.route.leader.is_none() || !self.refused.is_empty()
+    }
+}
+
+/// A batch sent: what an answer is booked against.
+struct Sent {
+    first: u64,
+    count: u64,
+    bytes: u64,
+    /// When it was due (closed loop: first sent); its latency runs from here.
+    intended: Instant,
+    /// Cluster runs: the records, to resend after NOT_LEADER (empty otherwise).
+    records: Vec<Bytes>,
+}
+
+/// Where one request went: the node (cluster runs) and the cluster's clients.
+type Via = Option<(SocketAddr, Rc<Nodes>)>;
+
+/// An in-flight slot and where to send in it.
+struct Slot {
+    permit: StaticPermit,
+    client: Rc<Client>,
+    via: Via,
+}
+
+async fn run_producer(core: Rc<Core>, sender: ProduceTo, a: Assignment) -> ProducerOutcome {
     let config = &core.config;
     let tl = core.timeline;
-    let partition = core.plan.targets[a.target].partition;
+    let target = &core.plan.targets[a.target];
+    let partition = target.partition;
     let batch = config.batch_records as u64;
     let producers = core.plan.producers.len() as f64;
     // Open loop: the time between two batches of this producer.
@@ -407,11 +540,24 @@ async fn run_producer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> Prod
         .rate
         .map(|rate| Duration::from_secs_f64(batch as f64 * producers / rate));
     let permits = Rc::new(Semaphore::new(config.in_flight as u64));
+    let mut route = Route::default();
+    if let ProduceTo::Cluster(nodes) = &sender
+        && let Ok(c) = nodes.client(target.addr).await
+    {
+        route.leader = Some((target.addr, c));
+    }
     let state = Rc::new(RefCell::new(ProducerState {
         failed: Ranges::default(),
         acked_records: 0,
         acked_end: None,
+        max_acked_first: None,
+        route,
+        route_broken: false,
+        refused: BTreeMap::new(),
+        reroutes: 0,
     }));
+    // A cluster producer keeps looking for a leader until one request timeout past the end.
+    let settle_deadline = tl.measure_end + Duration::from_millis(REQUEST_TIMEOUT_MS);
     // Producers' schedules are spread evenly over one interval, so they do not all send at
     // the same instants.
     let phase = f64::from(a.id) / producers;
@@ -425,51 +571,49 @@ async fn run_producer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> Prod
             }
             sleep_until(s).await;
         }
-        if Instant::now() >= tl.measure_end {
-            if let (Some(iv), Some(s)) = (interval, scheduled) {
-                // Scheduled in the window, never sent: the node was too slow for the rate.
-                let left = tl.measure_end.saturating_duration_since(s);
-                unsent_scheduled = (left.as_secs_f64() / iv.as_secs_f64()).ceil() as u64;
-            }
-            break;
+        if Instant::now() < tl.measure_end
+            && let Some(slot) =
+                next_slot(&core, &sender, partition, &permits, &state, settle_deadline).await
+            && Instant::now() < tl.measure_end
+        {
+            let intended = scheduled.unwrap_or_else(Instant::now);
+            let records = build_batch(&core, a.id, seq, batch, tl.ns_of(intended));
+            let sent = Sent {
+                first: seq,
+                count: batch,
+                bytes: records.iter().map(|r| r.len() as u64).sum(),
+                intended,
+                records: if slot.via.is_some() {
+                    records.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            seq += batch;
+            let (core2, state2) = (core.clone(), state.clone());
+            glommio::spawn_local(async move {
+                let result = slot.client.produce(partition, records).await;
+                answered(&core2, &state2, sent, slot.via, result);
+                drop(slot.permit);
+            })
+            .detach();
+            continue;
         }
-        let Ok(permit) = permits.clone().acquire_static_permit(1).await else {
-            break;
-        };
-        let intended = scheduled.unwrap_or_else(Instant::now);
-        let records = build_batch(&core, a.id, seq, batch, tl.ns_of(intended));
-        let first = seq;
-        seq += batch;
-        let (core2, client2, state2) = (core.clone(), client.clone(), state.clone());
-        glommio::spawn_local(async move {
-            let bytes = records.iter().map(|r| r.len() as u64).sum();
-            let result = client2.produce(partition, records).await;
-            let now = Instant::now();
-            match result {
-                Ok(resp) if u64::from(resp.record_count) == batch => {
-                    core2.acked(intended, now, batch, bytes);
-                    let mut st = state2.borrow_mut();
-                    st.acked_records += batch;
-                    let end = resp.base_offset + batch;
-                    st.acked_end = Some(st.acked_end.map_or(end, |e| e.max(end)));
-                }
-                Ok(_) => {
-                    // The node says it appended a different number of records than sent:
-                    // treat the batch as unacknowledged and say so.
-                    core2.error("ack_record_count_mismatch");
-                    state2.borrow_mut().failed.insert(first, first + batch - 1);
-                }
-                Err(e) => {
-                    core2.error(&error_kind(&e));
-                    state2.borrow_mut().failed.insert(first, first + batch - 1);
-                }
-            }
-            drop(permit);
-        })
-        .detach();
+        if let (Some(iv), Some(s)) = (interval, scheduled) {
+            // Scheduled in the window, never sent: the node was too slow for the rate.
+            let left = tl.measure_end.saturating_duration_since(s);
+            unsent_scheduled = (left.as_secs_f64() / iv.as_secs_f64()).ceil() as u64;
+        }
+        break;
     }
     // Every request ends: answered, or failed by the client's request timeout.
-    let _ = permits.acquire(config.in_flight as u64).await;
+    drop(permits.acquire_permit(config.in_flight as u64).await);
+    // Batches refused at the very end are still resent (in order) once a leader is known.
+    if let ProduceTo::Cluster(nodes) = &sender
+        && !state.borrow().refused.is_empty()
+    {
+        settle(&core, nodes, partition, &permits, &state, settle_deadline).await;
+    }
     let st = state.borrow();
     ProducerOutcome {
         id: a.id,
@@ -479,6 +623,181 @@ async fn run_producer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> Prod
         acked_records: st.acked_records,
         acked_end: st.acked_end,
         unsent_scheduled,
+        reroutes: st.reroutes,
+    }
+}
+
+/// Waits for an in-flight slot; in a cluster run, settles a broken route first. `None`: stop
+/// (no leader found before `deadline`).
+async fn next_slot(
+    core: &Core,
+    sender: &ProduceTo,
+    partition: u32,
+    permits: &Rc<Semaphore>,
+    state: &RefCell<ProducerState>,
+    deadline: Instant,
+) -> Option<Slot> {
+    loop {
+        if let ProduceTo::Cluster(nodes) = sender
+            && state.borrow().needs_settle()
+            && !settle(core, nodes, partition, permits, state, deadline).await
+        {
+            return None;
+        }
+        let permit = permits.clone().acquire_static_permit(1).await.ok()?;
+        match sender {
+            ProduceTo::Node(client) => {
+                return Some(Slot {
+                    permit,
+                    client: client.clone(),
+                    via: None,
+                });
+            }
+            ProduceTo::Cluster(nodes) => {
+                let st = state.borrow();
+                if !st.needs_settle()
+                    && let Some((addr, client)) = &st.route.leader
+                {
+                    return Some(Slot {
+                        permit,
+                        client: client.clone(),
+                        via: Some((*addr, nodes.clone())),
+                    });
+                }
+                // The route broke while this producer waited for the slot: settle it first.
+            }
+        }
+    }
+}
+
+/// Cluster runs: repairs the route (see `route.rs`). Waits until nothing is in flight, finds
+/// the leader, and resends the refused batches one at a time, oldest first. Returns false if no
+/// leader was found before `deadline` (the batches still refused then count as failed).
+async fn settle(
+    core: &Core,
+    nodes: &Rc<Nodes>,
+    partition: u32,
+    permits: &Semaphore,
+    state: &RefCell<ProducerState>,
+    deadline: Instant,
+) -> bool {
+    // A permit (released on return), not `acquire`, which would keep the units for good.
+    let Ok(_everything) = permits.acquire_permit(core.config.in_flight as u64).await else {
+        return false;
+    };
+    loop {
+        if Instant::now() >= deadline {
+            let refused = std::mem::take(&mut state.borrow_mut().refused);
+            for (first, sent) in refused {
+                core.error("not_leader");
+                state
+                    .borrow_mut()
+                    .failed
+                    .insert(first, first + sent.count - 1);
+            }
+            return false;
+        }
+        let leader = state.borrow().route.leader.clone();
+        let (addr, client) = match leader {
+            Some(l) => l,
+            None => {
+                let hint = state.borrow_mut().route.hint.take();
+                let addr = match hint {
+                    Some(a) => Some(a),
+                    None => nodes.find_leader(partition).await,
+                };
+                let found = match addr {
+                    Some(a) => match nodes.client(a).await {
+                        Ok(c) => Some((a, c)),
+                        Err(_) => {
+                            nodes.forget(a);
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                match found {
+                    Some(l) => {
+                        state.borrow_mut().route.leader = Some(l.clone());
+                        l
+                    }
+                    None => {
+                        glommio::timer::sleep(Duration::from_millis(route::LEADER_RETRY_MS)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        state.borrow_mut().route_broken = false;
+        let next = state.borrow_mut().refused.pop_first();
+        let Some((first, sent)) = next else {
+            return true;
+        };
+        if state.borrow().max_acked_first.is_some_and(|m| m > first) {
+            // A later batch was acknowledged meanwhile: resending this one would put
+            // acknowledged records out of order. It was certainly not applied; it failed.
+            core.error("not_leader");
+            state
+                .borrow_mut()
+                .failed
+                .insert(first, first + sent.count - 1);
+            continue;
+        }
+        let result = client.produce(partition, sent.records.clone()).await;
+        answered(core, state, sent, Some((addr, nodes.clone())), result);
+    }
+}
+
+/// Books the answer to one produce request.
+fn answered(
+    core: &Core,
+    state: &RefCell<ProducerState>,
+    sent: Sent,
+    via: Via,
+    result: Result<ProduceResponse, ClientError>,
+) {
+    let now = Instant::now();
+    let mut st = state.borrow_mut();
+    let last = sent.first + sent.count - 1;
+    match result {
+        Ok(resp) if u64::from(resp.record_count) == sent.count => {
+            core.acked(sent.intended, now, sent.count, sent.bytes);
+            st.acked_records += sent.count;
+            let end = resp.base_offset + sent.count;
+            st.acked_end = Some(st.acked_end.map_or(end, |e| e.max(end)));
+            st.max_acked_first = Some(st.max_acked_first.map_or(sent.first, |m| m.max(sent.first)));
+        }
+        Ok(_) => {
+            // The node says it appended a different number of records than sent: treat the
+            // batch as unacknowledged and say so.
+            core.error("ack_record_count_mismatch");
+            st.failed.insert(sent.first, last);
+        }
+        Err(e) => match (via, route::not_leader_hint(&e)) {
+            (Some((addr, _)), Some(hint)) => {
+                // Certainly not applied: resend it to the leader, in order (`settle`).
+                st.reroutes += 1;
+                st.route.not_leader(addr, hint);
+                st.route_broken = true;
+                st.refused.insert(sent.first, sent);
+            }
+            (via, _) => {
+                core.error(&error_kind(&e));
+                st.failed.insert(sent.first, last);
+                if let Some((addr, nodes)) = via {
+                    st.route.broken(addr);
+                    st.route_broken = true;
+                    if matches!(
+                        e,
+                        ClientError::Connection { .. }
+                            | ClientError::Connect { .. }
+                            | ClientError::Timeout { .. }
+                    ) {
+                        nodes.forget(addr);
+                    }
+                }
+            }
+        },
     }
 }
 
@@ -534,7 +853,7 @@ fn consumer_done(core: &Core, target: usize, next_offset: u64) -> Option<bool> {
     None
 }
 
-async fn run_consumer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> ConsumerOutcome {
+async fn run_consumer(core: Rc<Core>, mut read: ReadFrom, a: Assignment) -> ConsumerOutcome {
     let target = &core.plan.targets[a.target];
     let mut verifier = PartitionVerifier::new(
         core.plan.run_id,
@@ -543,8 +862,8 @@ async fn run_consumer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> Cons
         &core.plan.producers_of(a.target),
     );
     let drained = match core.config.consume_api {
-        ConsumeApi::Subscribe => subscribe_loop(&core, &client, a, &mut verifier).await,
-        ConsumeApi::Poll => poll_loop(&core, &client, a, &mut verifier).await,
+        ConsumeApi::Subscribe => subscribe_loop(&core, &mut read, a, &mut verifier).await,
+        ConsumeApi::Poll => poll_loop(&core, &mut read, a, &mut verifier).await,
     };
     let other_runs = verifier.other_runs;
     ConsumerOutcome {
@@ -558,7 +877,7 @@ async fn run_consumer(core: Rc<Core>, client: Rc<Client>, a: Assignment) -> Cons
 /// Reads with a subscription; returns whether the consumer drained.
 async fn subscribe_loop(
     core: &Core,
-    client: &Client,
+    read: &mut ReadFrom,
     a: Assignment,
     verifier: &mut PartitionVerifier,
 ) -> bool {
@@ -575,10 +894,15 @@ async fn subscribe_loop(
         }
         let Some(s) = &sub else {
             let next = verifier.next_offset();
-            match client
-                .subscribe(partition, next, FETCH_BYTES_MAX, SUBSCRIBE_CREDITS)
-                .await
-            {
+            let result = match read.client().await {
+                Ok(client) => {
+                    client
+                        .subscribe(partition, next, FETCH_BYTES_MAX, SUBSCRIBE_CREDITS)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(s) => {
                     ready_at = Instant::now();
                     granted = (0..SUBSCRIBE_CREDITS).map(|_| ready_at).collect();
@@ -586,6 +910,7 @@ async fn subscribe_loop(
                 }
                 Err(e) => {
                     core.error(&error_kind(&e));
+                    read.failed();
                     glommio::timer::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
                 }
             }
@@ -609,6 +934,7 @@ async fn subscribe_loop(
             Some(Err(e)) => {
                 core.error(&error_kind(&e));
                 sub = None;
+                read.failed();
                 glommio::timer::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
             }
         }
@@ -622,7 +948,7 @@ async fn subscribe_loop(
 /// Reads with long-polling consume requests; returns whether the consumer drained.
 async fn poll_loop(
     core: &Core,
-    client: &Client,
+    read: &mut ReadFrom,
     a: Assignment,
     verifier: &mut PartitionVerifier,
 ) -> bool {
@@ -632,14 +958,19 @@ async fn poll_loop(
             return drained;
         }
         let asked = Instant::now();
-        let result = client
-            .consume(
-                partition,
-                verifier.next_offset(),
-                FETCH_BYTES_MAX,
-                Duration::from_millis(CHECK_INTERVAL_MS),
-            )
-            .await;
+        let result = match read.client().await {
+            Ok(client) => {
+                client
+                    .consume(
+                        partition,
+                        verifier.next_offset(),
+                        FETCH_BYTES_MAX,
+                        Duration::from_millis(CHECK_INTERVAL_MS),
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         match result {
             Ok(resp) => {
                 let now = Instant::now();
@@ -649,6 +980,7 @@ async fn poll_loop(
             }
             Err(e) => {
                 core.error(&error_kind(&e));
+                read.failed();
                 glommio::timer::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
             }
         }

@@ -13,6 +13,7 @@ mod plan;
 mod plot;
 mod record;
 mod report;
+mod route;
 mod run;
 mod stats;
 mod verify;

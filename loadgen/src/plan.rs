@@ -9,23 +9,63 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// One partition of one node under load.
+use crate::args::ConsumeFrom;
+
+/// One partition of one node under load (`--cluster`: one partition of the cluster).
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
-    /// Index into the run's `--addr` list.
+    /// Index into the run's `--addr` list (`--cluster`: 0).
     pub node: usize,
+    /// The node loaded (`--cluster`: the partition's leader when the run started).
     pub addr: SocketAddr,
     pub partition: u32,
     /// Where consumers start reading.
     pub start_offset: u64,
     /// The partition's high watermark when the run started.
     pub end_offset_at_start: u64,
+    /// `--cluster`: the leader's node id when the run started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_id: Option<u64>,
+    /// `--cluster`: the partition's Raft group members (voters and learners).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Replica>,
+}
+
+/// A member of a cluster partition's Raft group.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replica {
+    pub node_id: u64,
+    pub addr: SocketAddr,
 }
 
 impl Target {
     /// How messages name the partition.
     pub fn label(&self) -> String {
-        format!("partition {} of {}", self.partition, self.addr)
+        match self.leader_id {
+            Some(id) => format!(
+                "partition {} (leader node {id} at {})",
+                self.partition, self.addr
+            ),
+            None => format!("partition {} of {}", self.partition, self.addr),
+        }
+    }
+
+    /// `--cluster`: where consumer `id` reads: the leader, or one of the other replicas.
+    pub fn read_replicas(&self, from: ConsumeFrom, id: u32) -> Vec<SocketAddr> {
+        let followers: Vec<SocketAddr> = self
+            .replicas
+            .iter()
+            .filter(|r| Some(r.node_id) != self.leader_id)
+            .map(|r| r.addr)
+            .collect();
+        match from {
+            ConsumeFrom::Follower if !followers.is_empty() => {
+                // Start each consumer on a different follower; it moves to the next on failure.
+                let n = followers.len();
+                (0..n).map(|i| followers[(id as usize + i) % n]).collect()
+            }
+            _ => vec![self.addr],
+        }
     }
 }
 
@@ -214,6 +254,8 @@ mod tests {
                 partition: p,
                 start_offset: 0,
                 end_offset_at_start: 0,
+                leader_id: None,
+                replicas: Vec::new(),
             })
             .collect()
     }

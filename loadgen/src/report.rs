@@ -8,12 +8,13 @@
 //!   "produce" | "consume" | "end_to_end": {
 //!       "records", "bytes", "records_per_s", "mb_per_s",
 //!       "latency_us": {"p50", "p90", "p99", "p999", "p9999", "max", "mean", "count"} },
-//!   "produce_detail": {"acked_records", "failed_records", "unsent_scheduled_batches"},
+//!   "produce_detail": {"acked_records", "failed_records", "unsent_scheduled_batches",
+//!       "reroutes"},
 //!   "errors": n, "errors_by_kind": {kind: n},
 //!   "violations": n, "violations_by_kind": {kind: n}, "violation_samples": [text],
 //!   "verification": {"records_checked", "other_runs_records", "consumers_drained"},
 //!   "producers": n, "consumers": n, "targets": [{node, addr, partition, start_offset,
-//!       end_offset_at_start}],
+//!       end_offset_at_start, (`--cluster`:) leader_id, replicas: [{node_id, addr}]}],
 //!   "loadgen_cpu_s", "loadgen_cores_run_s", "loadgen_cores_runqueue_wait_s": f64,
 //!   "load_average": f64, "exit_code": 0|1|3, "config": {every flag, resolved} }
 //! ```
@@ -77,6 +78,8 @@ pub struct ProduceDetail {
     pub failed_records: u64,
     /// Open loop: batches due before the end that never got an in-flight slot.
     pub unsent_scheduled_batches: u64,
+    /// `--cluster`: NOT_LEADER answers followed by resending to the leader (not errors).
+    pub reroutes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,6 +168,7 @@ pub fn build(
                 .map(|p| p.failed.count_in(0, u64::MAX))
                 .sum(),
             unsent_scheduled_batches: producers.iter().map(|p| p.unsent_scheduled).sum(),
+            reroutes: producers.iter().map(|p| p.reroutes).sum(),
         },
         errors: error_total,
         errors_by_kind: errors,
@@ -327,6 +331,12 @@ pub fn text(report: &Report) -> String {
             thousands(d.acked_records),
             thousands(d.failed_records),
             thousands(d.unsent_scheduled_batches)
+        ));
+    }
+    if report.config.cluster {
+        out.push_str(&format!(
+            "reroutes: {} (NOT_LEADER answers followed: resent to the leader, not errors)\n",
+            thousands(d.reroutes)
         ));
     }
     out.push_str(&format!("errors: {}", report.errors));

@@ -1,4 +1,5 @@
-//! A load run from start to end, on the main thread: ask each node for its partitions, build
+//! A load run from start to end, on the main thread: ask each node (`--cluster`: the cluster,
+//! for each partition's leader and replicas) for its partitions, build
 //! the [`Plan`], start one pinned glommio executor per CPU (`load.rs`), start them all at
 //! once, print a progress line a second, then merge the cores' results and judge what the
 //! consumers saw against what the producers had acknowledged.
@@ -9,14 +10,17 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use corelog::client::{Client, ClientConfig};
-use corelog::proto::MetadataResponse;
+use std::net::SocketAddr;
+
+use corelog::client::{Client, ClientConfig, ClientError};
+use corelog::proto::{MetadataResponse, PartitionInfo};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::args::{From, RunConfig};
 use crate::load::{self, CoreReport, Tick};
-use crate::plan::{Plan, Shared, Target, Timeline};
+use crate::plan::{Plan, Replica, Shared, Target, Timeline};
 use crate::report::{self, Progress, Report};
+use crate::route::{self, Nodes};
 use crate::stats::Measures;
 use crate::verify::{self, Acked, Violations};
 
@@ -30,6 +34,8 @@ const START_DELAY_MS: u64 = 20;
 const TICK_GRACE_MS: u64 = 500;
 /// How often the main thread looks for ticks and finished cores.
 const TICK_WAIT_MS: u64 = 100;
+/// `--cluster`: how long to wait for every partition to have a leader before giving up.
+const LEADER_WAIT_MS: u64 = 10_000;
 
 /// Why a run could not be carried out (exit code 2).
 #[derive(Debug)]
@@ -43,8 +49,12 @@ pub fn run(config: RunConfig) -> Result<Report, SetupError> {
         IO_MEMORY_BYTES,
     ))
     .map_err(SetupError)?;
-    let metas = discover(&config)?;
-    let targets = build_targets(&config, &metas)?;
+    let targets = if config.cluster {
+        discover_cluster(&config)?
+    } else {
+        let metas = discover(&config)?;
+        build_targets(&config, &metas)?
+    };
     let producers = config.producers.unwrap_or(targets.len() as u32);
     let consumers = config.consumers.unwrap_or(targets.len() as u32);
     let plan = Arc::new(Plan::new(
@@ -148,6 +158,143 @@ fn discover(config: &RunConfig) -> Result<Vec<MetadataResponse>, SetupError> {
     }
 }
 
+/// `--cluster`: asks the cluster for its partitions, each one's leader and replicas, on a
+/// short-lived executor of its own; waits out a running election for up to
+/// [`LEADER_WAIT_MS`].
+fn discover_cluster(config: &RunConfig) -> Result<Vec<Target>, SetupError> {
+    let seeds = config.addr.clone();
+    let (tls_dir, tls_name) = (config.tls_dir.clone(), config.tls_name.clone());
+    let (wanted, from) = (config.partitions.clone(), config.from);
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("loadgen-discover")
+        .io_memory(IO_MEMORY_BYTES)
+        .spawn(move || async move {
+            let timeout = Duration::from_millis(load::REQUEST_TIMEOUT_MS);
+            let nodes = Nodes::new(&seeds, tls_dir.clone(), tls_name, timeout);
+            let mut meta = None;
+            let mut last_error = String::new();
+            for addr in &seeds {
+                match nodes.client(*addr).await {
+                    Ok(c) => match c.metadata().await {
+                        Ok(m) => {
+                            meta = Some(m);
+                            break;
+                        }
+                        Err(e) => last_error = format!("metadata from {addr}: {e}"),
+                    },
+                    Err(e @ ClientError::Tls(_)) => {
+                        return Err(format!(
+                            "TLS material in {} (give --tls-dir/--tls-name): {e}",
+                            tls_dir.display()
+                        ));
+                    }
+                    Err(e) => last_error = format!("cannot reach the node at {addr}: {e}"),
+                }
+            }
+            let Some(meta) = meta else {
+                return Err(format!("no node of the cluster answered: {last_error}"));
+            };
+            let have: Vec<u32> = meta.partitions.iter().map(|p| p.partition).collect();
+            let partitions = wanted.unwrap_or_else(|| have.clone());
+            let mut targets = Vec::new();
+            for partition in partitions {
+                if !have.contains(&partition) {
+                    return Err(format!(
+                        "--partitions: the cluster has no partition {partition} (it has {have:?})"
+                    ));
+                }
+                targets.push(cluster_target(&nodes, partition, from).await?);
+            }
+            Ok::<_, String>(targets)
+        })
+        .map_err(|e| SetupError(format!("cannot start an executor: {e}")))?;
+    let targets = match handle.join() {
+        Ok(r) => r.map_err(SetupError)?,
+        Err(e) => return Err(SetupError(format!("discovery failed: {e}"))),
+    };
+    if targets.is_empty() {
+        return Err(SetupError("the cluster has no partitions to load".into()));
+    }
+    Ok(targets)
+}
+
+/// One cluster partition: its leader (waiting out an election), its replicas, and where
+/// consumers start — with `--from end`, at the lowest high watermark of the replicas that
+/// answer, so a consumer on any replica starts at or before this run's first record.
+async fn cluster_target(nodes: &Nodes, partition: u32, from: From) -> Result<Target, String> {
+    let deadline = Instant::now() + Duration::from_millis(LEADER_WAIT_MS);
+    let leader = loop {
+        if let Some(a) = nodes.find_leader(partition).await {
+            break a;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "partition {partition} has no leader after {} s (`corelog servers` shows the                  cluster)",
+                LEADER_WAIT_MS / 1000
+            ));
+        }
+        corelog::io::sleep(Duration::from_millis(route::LEADER_RETRY_MS)).await;
+    };
+    let info = partition_info(nodes, leader, partition)
+        .await
+        .map_err(|e| format!("metadata from the leader of partition {partition}: {e}"))?;
+    let replicas: Vec<Replica> = info
+        .members
+        .iter()
+        .filter_map(|m| {
+            Some(Replica {
+                node_id: m.node_id,
+                addr: m.addr.parse().ok()?,
+            })
+        })
+        .collect();
+    let mut lowest_high = info.high_watermark;
+    for r in replicas.iter().filter(|r| r.addr != leader) {
+        if let Ok(i) = partition_info(nodes, r.addr, partition).await {
+            lowest_high = lowest_high.min(i.high_watermark);
+        }
+    }
+    let (low, high) = (info.log_start_offset, info.high_watermark);
+    let start_offset = match from {
+        From::End => lowest_high,
+        From::Start => low,
+        From::Offset(o) if (low..=high).contains(&o) => o,
+        From::Offset(o) => {
+            return Err(format!(
+                "--from {o}: partition {partition} holds offsets {low}..{high}"
+            ));
+        }
+    };
+    Ok(Target {
+        node: 0,
+        addr: leader,
+        partition,
+        start_offset,
+        end_offset_at_start: high,
+        leader_id: info.leader_id.parse().ok(),
+        replicas,
+    })
+}
+
+/// `partition` as the node at `addr` sees it.
+async fn partition_info(
+    nodes: &Nodes,
+    addr: SocketAddr,
+    partition: u32,
+) -> Result<PartitionInfo, String> {
+    let meta = nodes
+        .client(addr)
+        .await
+        .map_err(|e| e.to_string())?
+        .metadata()
+        .await
+        .map_err(|e| e.to_string())?;
+    meta.partitions
+        .into_iter()
+        .find(|p| p.partition == partition)
+        .ok_or_else(|| format!("{addr} has no partition {partition}"))
+}
+
 /// The partitions under load, with where consumers start.
 fn build_targets(
     config: &RunConfig,
@@ -183,6 +330,8 @@ fn build_targets(
                 partition,
                 start_offset,
                 end_offset_at_start: high,
+                leader_id: None,
+                replicas: Vec::new(),
             });
         }
     }

@@ -25,6 +25,8 @@ fn help_states_the_defaults_and_exits_0() {
         "--hgrm",
         "--plot",
         "baseline",
+        "--cluster",
+        "--consume-from",
     ] {
         assert!(
             help.contains(needle),
@@ -47,4 +49,13 @@ fn a_bad_flag_is_one_line_and_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("--in-flight"), "{err}");
+}
+
+#[test]
+fn consume_from_without_cluster_is_one_line_and_exit_2() {
+    let out = loadgen(&["--consume-from", "follower"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--cluster"), "{err}");
 }

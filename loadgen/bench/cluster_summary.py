@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Turns a cluster.sh output directory into the README's replicated-produce table (markdown).
+
+Each 3-node row is set beside the single-node row of the same round as a ratio. Bytes written
+per payload byte per replica = Σ over the nodes of Δ /proc/PID/io write_bytes around the
+loadgen run / (acknowledged records × record bytes × replicas).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "target/loadgen-cluster")
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+
+
+def load(name):
+    path = OUT / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def amplification(name):
+    run, nodes = load(name), load(f"{name}.nodes")
+    if not run or not nodes:
+        return None, "—"
+    payload = run["produce_detail"]["acked_records"] * run["config"]["record_bytes"]
+    written = sum(n["write_bytes"] for n in nodes["nodes"])
+    wall = nodes["wall_s"] or 1
+    cpu = " / ".join(f"{100 * n['cpu_s'] / wall:.0f}%·{100 * n['runqueue_wait_s'] / wall:.0f}%"
+                     for n in nodes["nodes"])
+    if payload == 0:
+        return None, cpu
+    return written / (payload * nodes["replicas"]), cpu
+
+
+def main():
+    print("| round | workload | nodes | records/s | MB/s | p50 ms | p99 ms | × single node "
+          "(same round) | bytes written / payload byte / replica | node CPU ran·waited "
+          "| reroutes | errors |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for r in range(1, ROUNDS + 1):
+        for row, label in (("produce", "produce, max (64 × 1 KiB, 32 in flight)"),
+                           ("single", "1 in flight, 1 record")):
+            base = load(f"r{r}-single-{row}")
+            for kind in ("single", "cluster"):
+                name = f"r{r}-{kind}-{row}"
+                run = load(name)
+                if run is None:
+                    continue
+                p = run["produce"]
+                lat = p["latency_us"]
+                amp, cpu = amplification(name)
+                if kind == "cluster" and base and base["produce"]["records_per_s"]:
+                    ratio = (f"{p['records_per_s'] / base['produce']['records_per_s']:.2f} "
+                             f"(p99 {lat['p99'] / max(base['produce']['latency_us']['p99'], 1):.1f}×)")
+                else:
+                    ratio = "—"
+                print(f"| {r} | {label} | {'3 (cluster)' if kind == 'cluster' else '1'} "
+                      f"| {p['records_per_s']:,.0f} | {p['mb_per_s']:.1f} "
+                      f"| {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {ratio} "
+                      f"| {'—' if amp is None else f'{amp:.3f}'} | {cpu} "
+                      f"| {run['produce_detail'].get('reroutes', 0)} | {run['errors']} |")
+
+
+if __name__ == "__main__":
+    main()
