@@ -312,6 +312,8 @@ async fn run_core(
     for group in groups {
         group.shutdown().await;
     }
+    shard.stop_peers();
+    wait_for_connections(&shard, 0, Duration::from_millis(PEER_CLOSE_MS)).await;
     let mut first_err = None;
     for (p, log) in &shard.logs {
         if let Err(e) = log.close().await {
@@ -574,16 +576,32 @@ fn handle_core_msg(shard: &Rc<Shard>, msg: CoreMsg) {
 }
 
 /// Waits for this core's connections to finish, up to [`SHUTDOWN_DRAIN_MS`].
+/// How long a stopping node waits for its peer connections to close once its groups stopped.
+const PEER_CLOSE_MS: u64 = 1_000;
+
+/// Waits for this core's client connections to finish, up to [`SHUTDOWN_DRAIN_MS`]; peer
+/// connections stay up (and are served) until the Raft groups stop.
 async fn drain_connections(shard: &Shard) {
-    let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
-    while shard.connections.get() > 0 {
+    wait_for_connections(
+        shard,
+        shard.peer_connections.get(),
+        Duration::from_millis(SHUTDOWN_DRAIN_MS),
+    )
+    .await;
+}
+
+/// Waits until at most `peers` connections (the peer ones) remain, or `limit` passed.
+async fn wait_for_connections(shard: &Shard, peers: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while shard.connections.get() > peers.min(shard.peer_connections.get()) {
         let seen = shard.connection_closed.generation();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             log::warn!(
-                "core {}: {} connections still open after {SHUTDOWN_DRAIN_MS} ms; closing",
+                "core {}: {} connections still open after {} ms; closing",
                 shard.core,
-                shard.connections.get()
+                shard.connections.get(),
+                limit.as_millis()
             );
             return;
         }

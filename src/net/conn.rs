@@ -79,7 +79,11 @@ pub const SNAPSHOT_TRANSFERS_MAX: usize = 16;
 /// Serves a connection accepted on, or handed to, this core.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
     let _ = stream.set_nodelay(true);
-    if shard.is_shutting_down() {
+    let stopping = match kind {
+        ConnKind::Peer => shard.peers_stopped(),
+        ConnKind::Client => shard.is_shutting_down(),
+    };
+    if stopping {
         return;
     }
     let acceptor = futures_rustls::TlsAcceptor::from(shard.node.server_tls.clone());
@@ -123,6 +127,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
         snapshots: RefCell::new(HashMap::new()),
     });
     shard.connections.set(shard.connections.get() + 1);
+    let peer = kind == ConnKind::Peer;
+    if peer {
+        shard.peer_connections.set(shard.peer_connections.get() + 1);
+    }
     shard.stats.connection_opened();
     let writer_task = glommio::spawn_local(write_loop(conn.clone(), writer));
     if shard.connections.get() > shard.connections_max() {
@@ -141,6 +149,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
     conn.finish().await;
     let _ = writer_task.await;
     shard.connections.set(shard.connections.get() - 1);
+    if peer {
+        shard.peer_connections.set(shard.peer_connections.get() - 1);
+    }
     shard.stats.connection_closed();
     shard.connection_closed.notify();
 }
@@ -217,9 +228,18 @@ impl Connection {
             }
             let read =
                 futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
-                    let seen = self.shard.shutdown.generation();
-                    if !self.shard.is_shutting_down() {
-                        self.shard.shutdown.wait(seen).await;
+                    // Clients stop being read when the shutdown begins; peers only once the
+                    // Raft groups have stopped.
+                    if self.kind == ConnKind::Peer {
+                        let seen = self.shard.peers_stop.generation();
+                        if !self.shard.peers_stopped() {
+                            self.shard.peers_stop.wait(seen).await;
+                        }
+                    } else {
+                        let seen = self.shard.shutdown.generation();
+                        if !self.shard.is_shutting_down() {
+                            self.shard.shutdown.wait(seen).await;
+                        }
                     }
                     None
                 })

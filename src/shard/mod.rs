@@ -95,6 +95,13 @@ pub struct Shard {
     shutting_down: Cell<bool>,
     /// Fires when a connection on this core closes.
     pub connection_closed: Event,
+    /// Peer (Raft) connections open on this core (counted in `connections` too).
+    pub peer_connections: Cell<usize>,
+    /// Fires when peer connections must stop: after the Raft groups stopped, at the end of a
+    /// shutdown. Until then peers keep being served while clients drain (a produce in flight
+    /// on a leader that handed off is answered once the new leader's commit arrives).
+    pub peers_stop: Event,
+    peers_stopped: Cell<bool>,
     /// Records served so far (drives `--inject-fault`).
     records_served: Cell<u64>,
     /// The Raft groups of this core's partitions.
@@ -120,6 +127,9 @@ impl Shard {
             shutdown: Event::new(),
             shutting_down: Cell::new(false),
             connection_closed: Event::new(),
+            peer_connections: Cell::new(0),
+            peers_stop: Event::new(),
+            peers_stopped: Cell::new(false),
             records_served: Cell::new(0),
             raft_groups: RefCell::new(HashMap::new()),
             groups: RefCell::new(BTreeMap::new()),
@@ -176,6 +186,17 @@ impl Shard {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
+    }
+
+    pub fn peers_stopped(&self) -> bool {
+        self.peers_stopped.get()
+    }
+
+    /// Ends the peer connections (the last step of a shutdown).
+    pub fn stop_peers(&self) {
+        if !self.peers_stopped.replace(true) {
+            self.peers_stop.notify();
+        }
     }
 
     pub fn begin_shutdown(&self) {
