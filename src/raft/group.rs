@@ -18,6 +18,9 @@ use crate::raft::types::{LogSnapshot, Node, NodeId, Raft, RecordBatch, TypeConfi
 use crate::storage::Log;
 use crate::types::Partition;
 
+/// How long one leadership hand-off attempt waits before trying another voter.
+const HAND_OFF_TRY_MS: u64 = 1_000;
+
 /// Raft timing, from the node's flags.
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
@@ -172,7 +175,9 @@ impl Group {
         self.raft.is_leader()
     }
 
-    /// Voters and learners with their addresses.
+    /// Members with their addresses, and the voters. While a membership change is in
+    /// progress (a joint configuration), a voter is a node in every half: one being added is not
+    /// yet counted, one being removed no longer is.
     pub fn members(&self) -> (BTreeMap<NodeId, String>, BTreeSet<NodeId>) {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
@@ -181,7 +186,13 @@ impl Group {
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
-        let voters = membership.voter_ids().collect();
+        let mut halves = membership.get_joint_config().iter();
+        let voters = match halves.next() {
+            Some(first) => halves.fold(first.clone(), |acc, half| {
+                acc.intersection(half).copied().collect()
+            }),
+            None => BTreeSet::new(),
+        };
         (nodes, voters)
     }
 
@@ -268,10 +279,35 @@ impl Group {
     }
 
     /// If this node leads, hands leadership to another voter and waits (up to `timeout`) for
-    /// it to take over. Returns whether this node still leads.
+    /// one to take over, asking the most caught-up voter first and the others in turn (openraft
+    /// refuses a target whose log does not catch up in time). Returns whether this node still
+    /// leads.
     pub async fn hand_off_leadership(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut tried = BTreeSet::new();
+        while self.is_leader() && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let per_try = left.min(Duration::from_millis(HAND_OFF_TRY_MS));
+            match self.hand_off_once(&mut tried, per_try).await {
+                Some(still_leader) if !still_leader => return false,
+                Some(_) => {}
+                // Nobody to hand off to at all (a group of one, or no voter answers).
+                None if tried.is_empty() => return self.is_leader(),
+                // Every voter was tried: start over after a pause.
+                None => {
+                    tried.clear();
+                    crate::io::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        self.is_leader()
+    }
+
+    /// One hand-off attempt to the most caught-up voter not in `tried`; `None` when there is
+    /// none.
+    async fn hand_off_once(&self, tried: &mut BTreeSet<NodeId>, timeout: Duration) -> Option<bool> {
         if !self.is_leader() {
-            return false;
+            return Some(false);
         }
         // The most caught-up other voter (one that answers replication at all).
         let (_, voters) = self.members();
@@ -281,27 +317,29 @@ impl Group {
             m.replication.as_ref().and_then(|r| {
                 r.iter()
                     .filter(|(id, matched)| {
-                        **id != self.node_id && voters.contains(id) && matched.is_some()
+                        **id != self.node_id
+                            && voters.contains(id)
+                            && matched.is_some()
+                            && !tried.contains(*id)
                     })
                     .max_by_key(|(_, matched)| matched.map(|l| l.index))
                     .map(|(id, _)| *id)
             })
         };
-        let Some(to) = to else {
-            return true;
-        };
+        let to = to?;
+        tried.insert(to);
         if self.raft.trigger().transfer_leader(to).await.is_err() {
-            return self.is_leader();
+            return Some(self.is_leader());
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let state = self.raft.metrics().borrow_watched().state;
             if state != ServerState::Leader {
-                return false;
+                return Some(false);
             }
             crate::io::sleep(Duration::from_millis(10)).await;
         }
-        self.is_leader()
+        Some(self.is_leader())
     }
 
     /// Applies size/age retention through Raft: segments wholly below both the limits and the

@@ -47,3 +47,4 @@ impl Drop for RemoveOnSuccess {
 }
 
 pub mod node;
+pub mod proxy;

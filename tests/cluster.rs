@@ -1,0 +1,1181 @@
+//! Replication end to end: real `corelog serve` processes on loopback forming a cluster over
+//! real TLS (one Raft group per partition). Three or four nodes on this 2-core machine
+//! oversubscribe the cores: fine for correctness; no timing here is a performance claim (the
+//! failover times printed are for the reader, and asserted only against generous bounds).
+//!
+//! Faults, each test states its own model: kill -9 of a leader under load, a graceful SIGTERM
+//! of a leader, a node joining and leaving, and a clean network partition made by TCP proxies
+//! in the test process (`common::proxy`) that every node reaches its peers through.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::rc::Rc;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::node::{NodeProcess, free_port, run_cli};
+use common::proxy::Proxy;
+use corelog::client::cluster::ClusterClient;
+use corelog::client::{Client, ClientConfig};
+
+const PARTITIONS: u32 = 2;
+/// How long a cluster may take to form or converge.
+const CONVERGE: Duration = Duration::from_secs(60);
+/// How long a partition may go without a leader after its leader died: followers wait out
+/// the leader lease (openraft: the 500 ms election timeout maximum) and a 250-500 ms election
+/// timeout, then vote; the rest is slack for oversubscribed debug builds.
+const FAILOVER_MAX: Duration = Duration::from_secs(15);
+/// SIGTERM-and-restart rounds of the test that looks for writes stranded by a hand-off.
+const SIGTERM_ROUNDS: usize = 10;
+/// Records in each produce request of the background producers.
+const RECORDS_PER_PRODUCE: usize = 5;
+/// Pause after a failed produce before the next one (a producer does not spin on errors).
+const PRODUCE_ERROR_BACKOFF: Duration = Duration::from_millis(20);
+
+/// What was acknowledged: partition → offset → value.
+type Acked = BTreeMap<u32, BTreeMap<u64, Bytes>>;
+
+/// One cluster at a time: three or four debug-build nodes already oversubscribe this
+/// machine's cores, and two clusters at once would turn every timeout into a coin toss.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A test cluster: nodes `1..=n` with data under one test directory and one shared CA.
+/// Node 1 bootstraps (`--cluster`), the others join it. A node keeps its port and data
+/// directory across restarts.
+struct Cluster {
+    dir: PathBuf,
+    tls: PathBuf,
+    ports: BTreeMap<u64, u16>,
+    nodes: BTreeMap<u64, NodeProcess>,
+    /// Nodes that were stopped, kept for their stderr (printed if the test fails).
+    stopped: Vec<NodeProcess>,
+    /// With proxies: each node advertises its proxy, so peers reach it only through it.
+    proxies: Option<BTreeMap<u64, Proxy>>,
+    replication_factor: u64,
+    /// Held for the cluster's life (declared last: dropped after the nodes are killed).
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    fn new(name: &str) -> Cluster {
+        // A test that failed while holding the lock poisons it; the next one may still run.
+        let one_at_a_time = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = common::test_dir(name);
+        let tls = dir.join("tls");
+        let out = run_cli(
+            &[
+                "certs",
+                "--out",
+                tls.to_str().unwrap(),
+                "--node",
+                "node",
+                "--client",
+                "client",
+            ],
+            None,
+            "",
+        );
+        assert!(out.status.success(), "corelog certs: {out:?}");
+        Cluster {
+            dir,
+            tls,
+            ports: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            stopped: Vec::new(),
+            proxies: None,
+            replication_factor: 3,
+            _one_at_a_time: one_at_a_time,
+        }
+    }
+
+    /// Peer traffic goes through a [`Proxy`] per node (set before starting nodes).
+    fn with_proxies(mut self) -> Cluster {
+        self.proxies = Some(BTreeMap::new());
+        self
+    }
+
+    /// `--replication-factor` of every node.
+    fn with_replication_factor(mut self, n: u64) -> Cluster {
+        self.replication_factor = n;
+        self
+    }
+
+    /// Where node `id` listens (clients of the test connect here, past any proxy).
+    fn addr(&self, id: u64) -> SocketAddr {
+        format!("127.0.0.1:{}", self.ports[&id]).parse().unwrap()
+    }
+
+    /// Where peers reach node `id`: its proxy, or where it listens.
+    fn advertised(&self, id: u64) -> SocketAddr {
+        match &self.proxies {
+            Some(proxies) => proxies[&id].addr(),
+            None => self.addr(id),
+        }
+    }
+
+    fn pid(&self, id: u64) -> u32 {
+        self.nodes[&id].pid()
+    }
+
+    /// The running nodes.
+    fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Starts node `id`, or restarts it on the same port and data directory: the first
+    /// bootstraps (`--cluster`), the others join node 1.
+    fn start(&mut self, id: u64) {
+        assert!(!self.nodes.contains_key(&id), "node {id} is running");
+        let port = *self.ports.entry(id).or_insert_with(free_port);
+        if let Some(proxies) = &mut self.proxies {
+            let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            proxies.entry(id).or_insert_with(|| Proxy::start(target));
+        }
+        let data = self.dir.join(format!("n{id}"));
+        let listen = format!("127.0.0.1:{port}");
+        let advertise = self.advertised(id).to_string();
+        let cpu = ((id - 1) % 2).to_string();
+        let id_s = id.to_string();
+        let rf = self.replication_factor.to_string();
+        let join = (id != 1).then(|| self.addr(1).to_string());
+        let mut args = vec![
+            "--tls-dir",
+            self.tls.to_str().unwrap(),
+            "--tls-name",
+            "node",
+            "--node-id",
+            &id_s,
+            "--cpuset",
+            &cpu,
+            "--partitions",
+            "2",
+            "--listen",
+            &listen,
+            "--advertise",
+            &advertise,
+            "--replication-factor",
+            &rf,
+        ];
+        match &join {
+            Some(addr) => args.extend(["--join", addr.as_str()]),
+            None => args.push("--cluster"),
+        }
+        let node = NodeProcess::start(&data, &args);
+        self.nodes.insert(id, node);
+    }
+
+    /// kill -9 node `id`; returns when the process is gone.
+    fn kill9(&mut self, id: u64) {
+        let mut node = self.nodes.remove(&id).expect("a running node");
+        node.kill9();
+        self.stopped.push(node);
+    }
+
+    /// Sends SIGTERM to node `id` without waiting; [`Cluster::wait_stopped`] reaps it.
+    fn send_sigterm(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).expect("a running node");
+        node.send_sigterm();
+        self.stopped.push(node);
+    }
+
+    /// Waits for the stopped node with process id `pid` to exit.
+    fn wait_stopped(&mut self, pid: u32) -> ExitStatus {
+        let node = self
+            .stopped
+            .iter_mut()
+            .find(|n| n.pid() == pid)
+            .expect("a stopped node");
+        node.wait_exit()
+    }
+
+    /// A client that knows every running node.
+    fn client(&self) -> ClusterClient {
+        self.client_of(&self.ids())
+    }
+
+    /// A client that knows only nodes `ids` (until leaders it is pointed to add themselves).
+    fn client_of(&self, ids: &[u64]) -> ClusterClient {
+        self.client_as(ids, "client")
+    }
+
+    /// A client presenting certificate `name` (`node` may change membership: admin).
+    fn client_as(&self, ids: &[u64], name: &str) -> ClusterClient {
+        let config = ClientConfig::new(self.addr(ids[0]), &self.tls, name).unwrap();
+        let client = ClusterClient::new(config);
+        client.add_seeds(ids.iter().map(|id| self.addr(*id)));
+        client
+    }
+
+    /// Waits until every partition has exactly `voters` as its voters, with no membership
+    /// change in flight.
+    ///
+    /// GetServers counts a node as a voter as soon as the joint configuration that adds it is
+    /// appended (openraft's voter ids are the union of the joint configs), so seeing every
+    /// voter does not mean the change is over: were node 1 killed while partition P is at
+    /// `[{1, 2}, {1, 2, 3}]`, P could never elect a leader again (the old config has no majority
+    /// left). Join is idempotent and answers only when no other change is in flight, committing
+    /// a configuration that is not joint: sending it again for the newest voter is the barrier.
+    fn wait_for_voters(&self, voters: &[u64]) {
+        let client = self.client();
+        let admin = self.client_as(&self.ids(), "node");
+        let newest = *voters.last().expect("at least one voter");
+        let newest_addr = self.advertised(newest).to_string();
+        let want: Vec<String> = voters.iter().map(|v| v.to_string()).collect();
+        common::run(|| async move {
+            let deadline = Instant::now() + CONVERGE;
+            wait_for_voter_set(&client, &want, deadline).await;
+            for p in 0..PARTITIONS {
+                loop {
+                    match admin.join(p, newest, &newest_addr).await {
+                        Ok(r) => {
+                            assert!(r.voter, "p{p}: node {newest} is not a voter: {r:?}");
+                            break;
+                        }
+                        Err(e) => assert!(
+                            Instant::now() < deadline,
+                            "p{p}: the membership change never settled: {e}"
+                        ),
+                    }
+                    corelog::io::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            // Still the same voters (a join cannot have changed them: it only adds).
+            wait_for_voter_set(&client, &want, deadline).await;
+        });
+    }
+
+    /// Waits until nodes `ask` all name the same leader of `partition`, one other than
+    /// `not`, and returns it.
+    fn wait_for_leader(&self, partition: u32, ask: &[u64], not: Option<u64>) -> u64 {
+        let client = self.client_of(ask);
+        let addrs: Vec<SocketAddr> = ask.iter().map(|id| self.addr(*id)).collect();
+        common::run(|| async move {
+            agreed_leader(&client, &addrs, partition, not, CONVERGE)
+                .await
+                .unwrap_or_else(|views| {
+                    panic!(
+                        "nodes {ask:?} never agreed on a leader of p{partition} other than \
+                         {not:?}: {views}"
+                    )
+                })
+        })
+    }
+
+    /// Cuts node `id` off from its peers: its proxy refuses everything, and the other proxies
+    /// refuse what it dials. Clients of the test still reach it at its listen address.
+    fn isolate(&self, id: u64) {
+        let proxies = self.proxies.as_ref().expect("a cluster with proxies");
+        proxies[&id].cut();
+        let pid = self.pid(id);
+        for (other, proxy) in proxies {
+            if *other != id {
+                proxy.refuse_from(pid);
+            }
+        }
+    }
+
+    /// Ends every cut.
+    fn heal(&self) {
+        for proxy in self
+            .proxies
+            .as_ref()
+            .expect("a cluster with proxies")
+            .values()
+        {
+            proxy.heal();
+        }
+    }
+}
+
+/// Waits until every partition has exactly voters `want` (ids, ascending), as the client's
+/// first reachable seed sees them.
+async fn wait_for_voter_set(client: &ClusterClient, want: &[String], deadline: Instant) {
+    loop {
+        let mut last = String::new();
+        if let Ok(servers) = client.get_servers().await {
+            let ok = (0..PARTITIONS).all(|p| {
+                let mut have: Vec<String> = servers
+                    .servers
+                    .iter()
+                    .filter(|s| s.partitions_voter.contains(&p))
+                    .map(|s| s.id.clone())
+                    .collect();
+                have.sort();
+                have == want
+            });
+            if ok {
+                return;
+            }
+            last = format!("{servers:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voters never became {want:?}; last servers: {last}"
+        );
+        corelog::io::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader of `partition` that every node at `addrs` names, once they agree and it is not
+/// `not`; `Err` (what each node said last) when they do not within `timeout`.
+async fn agreed_leader(
+    client: &ClusterClient,
+    addrs: &[SocketAddr],
+    partition: u32,
+    not: Option<u64>,
+    timeout: Duration,
+) -> Result<u64, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut views = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            views.push(leader_seen_by(client, *addr, partition).await);
+        }
+        if let Some(Ok(Some(first))) = views.first()
+            && views.iter().all(|v| matches!(v, Ok(Some(l)) if l == first))
+            && Some(*first) != not
+        {
+            return Ok(*first);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{views:?}"));
+        }
+        corelog::io::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leader of `partition` as the node at `addr` sees it.
+async fn leader_seen_by(
+    client: &ClusterClient,
+    addr: SocketAddr,
+    partition: u32,
+) -> Result<Option<u64>, String> {
+    let node = client.node(addr).await.map_err(|e| e.to_string())?;
+    let servers = node.get_servers().await.map_err(|e| e.to_string())?;
+    Ok(servers
+        .servers
+        .iter()
+        .find(|s| s.partitions_led.contains(&partition))
+        .map(|s| s.id.parse().expect("numeric node ids")))
+}
+
+/// Records an acknowledgement: `values` sit at `base_offset`, `base_offset + 1`, ... No
+/// offset may be acknowledged twice with different records.
+fn record_ack(acked: &mut Acked, partition: u32, base_offset: u64, values: Vec<Bytes>) {
+    let records = acked.entry(partition).or_default();
+    for (i, v) in values.into_iter().enumerate() {
+        let offset = base_offset + i as u64;
+        if let Some(old) = records.insert(offset, v.clone()) {
+            assert_eq!(
+                old, v,
+                "p{partition} offset {offset} was acknowledged for two different records"
+            );
+        }
+    }
+}
+
+/// Produces `batches` batches of `per_batch` records to every partition; returns what was
+/// acknowledged. The cluster is healthy, but a starved debug node can miss heartbeats and
+/// cause an election: a failed produce is sent again (as new records: the failed attempt may
+/// or may not be in the log, and only acknowledged records are promised), until [`CONVERGE`].
+fn produce(client: &ClusterClient, tag: &str, batches: usize, per_batch: usize) -> Acked {
+    common::run(|| async {
+        let deadline = Instant::now() + CONVERGE;
+        let mut acked = Acked::new();
+        let mut failures = Vec::new();
+        for b in 0..batches {
+            for p in 0..PARTITIONS {
+                for attempt in 0.. {
+                    let values: Vec<Bytes> = (0..per_batch)
+                        .map(|i| Bytes::from(format!("{tag}-p{p}-b{b}-a{attempt}-r{i}")))
+                        .collect();
+                    match client.produce(p, values.clone()).await {
+                        Ok(resp) => {
+                            record_ack(&mut acked, p, resp.base_offset, values);
+                            break;
+                        }
+                        Err(e) => {
+                            assert!(
+                                Instant::now() < deadline,
+                                "produce p{p} batch {b}: {e}; earlier failures: {failures:?}"
+                            );
+                            failures.push(format!("p{p} batch {b}: {e}"));
+                            corelog::io::sleep(PRODUCE_ERROR_BACKOFF).await;
+                        }
+                    }
+                }
+            }
+        }
+        if !failures.is_empty() {
+            println!(
+                "{tag}: {} produces failed and were sent again: {failures:?}",
+                failures.len()
+            );
+        }
+        acked
+    })
+}
+
+fn merge(into: &mut Acked, from: Acked) {
+    for (p, records) in from {
+        for (offset, value) in records {
+            record_ack(into, p, offset, vec![value]);
+        }
+    }
+}
+
+/// Producers writing to every partition until told to stop, from tasks of one executor
+/// sharing one [`ClusterClient`]. A failed produce is not retried (its records may or may
+/// not be in the log); only acknowledged records are promised.
+struct Load {
+    tag: String,
+    acked: RefCell<Acked>,
+    /// Failed produces: partition, kind of error ([`error_kind`]), message.
+    failed: RefCell<Vec<(u32, String, String)>>,
+    stop: Cell<bool>,
+    /// After [`Load::mark`]: when the mark was set, and when the first produce to partition 0
+    /// *sent* after it was acknowledged (an ack read after the mark for a produce sent before
+    /// it may come from the old leader).
+    mark: Cell<Option<Instant>>,
+    first_ack_after_mark: Cell<Option<Instant>>,
+}
+
+impl Load {
+    fn new(tag: &str) -> Rc<Load> {
+        Rc::new(Load {
+            tag: tag.to_string(),
+            acked: RefCell::new(Acked::new()),
+            failed: RefCell::new(Vec::new()),
+            stop: Cell::new(false),
+            mark: Cell::new(None),
+            first_ack_after_mark: Cell::new(None),
+        })
+    }
+
+    /// Starts `writers` producers per partition.
+    fn start(
+        self: &Rc<Self>,
+        client: &Rc<ClusterClient>,
+        writers: usize,
+    ) -> Vec<glommio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for p in 0..PARTITIONS {
+            for w in 0..writers {
+                let load = self.clone();
+                let client = client.clone();
+                let task =
+                    glommio::spawn_local(async move { load.produce(&client, p, w).await }).detach();
+                tasks.push(task);
+            }
+        }
+        tasks
+    }
+
+    async fn produce(&self, client: &ClusterClient, partition: u32, writer: usize) {
+        let mut n = 0u64;
+        while !self.stop.get() {
+            let values: Vec<Bytes> = (0..RECORDS_PER_PRODUCE)
+                .map(|i| Bytes::from(format!("{}-p{partition}-w{writer}-n{n}-r{i}", self.tag)))
+                .collect();
+            n += 1;
+            let sent = Instant::now();
+            match client.produce(partition, values.clone()).await {
+                Ok(r) => {
+                    assert_eq!(r.record_count as usize, values.len());
+                    record_ack(
+                        &mut self.acked.borrow_mut(),
+                        partition,
+                        r.base_offset,
+                        values,
+                    );
+                    if partition == 0
+                        && self.first_ack_after_mark.get().is_none()
+                        && self.mark.get().is_some_and(|m| sent >= m)
+                    {
+                        self.first_ack_after_mark.set(Some(Instant::now()));
+                    }
+                }
+                Err(e) => {
+                    self.failed
+                        .borrow_mut()
+                        .push((partition, error_kind(&e), e.to_string()));
+                    corelog::io::sleep(PRODUCE_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// How many produces failed, by kind of error.
+    fn failures(&self) -> BTreeMap<String, usize> {
+        let mut kinds = BTreeMap::new();
+        for (_, kind, _) in self.failed.borrow().iter() {
+            *kinds.entry(kind.clone()).or_default() += 1;
+        }
+        kinds
+    }
+
+    fn acked_count(&self, partition: u32) -> usize {
+        self.acked.borrow().get(&partition).map_or(0, |r| r.len())
+    }
+
+    /// Waits until partition `partition` has `count` acknowledged records in all.
+    async fn wait_for_acks(&self, partition: u32, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.acked_count(partition) < count {
+            assert!(
+                Instant::now() < deadline,
+                "p{partition}: {} of {count} records acknowledged after {timeout:?}; last errors: {:?}",
+                self.acked_count(partition),
+                self.failed
+                    .borrow()
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+            );
+            corelog::io::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts the clock of [`Load::first_ack_after_mark`].
+    fn mark(&self) -> Instant {
+        let now = Instant::now();
+        self.mark.set(Some(now));
+        now
+    }
+
+    /// Waits for the first acknowledgement of a produce sent after the mark; returns the
+    /// time from the mark to it.
+    async fn wait_for_ack_after_mark(&self, timeout: Duration) -> Duration {
+        let mark = self.mark.get().expect("mark() first");
+        loop {
+            if let Some(at) = self.first_ack_after_mark.get() {
+                return at - mark;
+            }
+            assert!(
+                mark.elapsed() < timeout,
+                "no write to p0 acknowledged within {timeout:?}; last errors: {:?}",
+                self.failed
+                    .borrow()
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+            );
+            corelog::io::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the producers and waits for them.
+    async fn stop(&self, tasks: Vec<glommio::task::JoinHandle<()>>) {
+        self.stop.set(true);
+        for t in tasks {
+            t.await;
+        }
+    }
+}
+
+/// Everything node `addr` holds in `partition` below its high watermark, once it holds at
+/// least `at_least` records. Errors (a node still starting) are retried until the deadline.
+async fn read_all(
+    client: &ClusterClient,
+    addr: SocketAddr,
+    partition: u32,
+    at_least: u64,
+) -> Vec<(u64, Bytes)> {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let last = match read_below_high_watermark(client, addr, partition).await {
+            Ok(out) if out.len() as u64 >= at_least => return out,
+            Ok(out) => format!("holds {} records", out.len()),
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{addr} p{partition}: expected at least {at_least} records; last: {last}"
+        );
+        corelog::io::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn read_below_high_watermark(
+    client: &ClusterClient,
+    addr: SocketAddr,
+    partition: u32,
+) -> Result<Vec<(u64, Bytes)>, String> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    loop {
+        let resp = client
+            .consume_from(addr, partition, next, 1 << 20)
+            .await
+            .map_err(|e| format!("consume at {next}: {e}"))?;
+        for r in &resp.records {
+            assert_eq!(r.offset, next, "{addr} p{partition}: offsets are dense");
+            out.push((r.offset, r.value.clone()));
+            next += 1;
+        }
+        if resp.records.is_empty() || next >= resp.high_watermark {
+            return Ok(out);
+        }
+    }
+}
+
+/// Every node `ids` holds every acknowledged record at its offset, and any two nodes' logs
+/// agree record for record on their common prefix (no offset holds two different records).
+/// Returns each node's log.
+fn assert_replicas_agree(
+    cluster: &Cluster,
+    ids: &[u64],
+    acked: &Acked,
+) -> BTreeMap<u64, BTreeMap<u32, Vec<(u64, Bytes)>>> {
+    let client = cluster.client_of(ids);
+    let nodes: Vec<(u64, SocketAddr)> = ids.iter().map(|id| (*id, cluster.addr(*id))).collect();
+    common::run(|| async move {
+        let mut logs: BTreeMap<u64, BTreeMap<u32, Vec<(u64, Bytes)>>> = BTreeMap::new();
+        for p in 0..PARTITIONS {
+            let records = acked.get(&p).cloned().unwrap_or_default();
+            let end = records.keys().next_back().map_or(0, |o| o + 1);
+            for (id, addr) in &nodes {
+                let held = read_all(&client, *addr, p, end).await;
+                for (offset, value) in &records {
+                    let got = held.get(*offset as usize).map(|(_, v)| v);
+                    assert_eq!(got, Some(value), "node {id} p{p} offset {offset}");
+                }
+                logs.entry(*id).or_default().insert(p, held);
+            }
+            for (a, log_a) in &logs {
+                for (b, log_b) in logs.range(a + 1..) {
+                    let (x, y) = (&log_a[&p], &log_b[&p]);
+                    let n = x.len().min(y.len());
+                    if let Some(i) = (0..n).find(|i| x[*i] != y[*i]) {
+                        panic!(
+                            "p{p} offset {i}: node {a} holds {:?}, node {b} holds {:?}",
+                            x[i].1, y[i].1
+                        );
+                    }
+                }
+            }
+        }
+        logs
+    })
+}
+
+fn remove_dir_on_success(dir: &Path) -> common::RemoveOnSuccess {
+    common::RemoveOnSuccess(dir.to_path_buf())
+}
+
+/// Seeds for a client that outlives node `victim`: the other nodes first, so that requests
+/// do not start at a dead node (each refused re-dial of it still fails a produce:
+/// `a_produce_after_its_leader_died_is_not_failed_by_a_refused_reconnect`).
+fn survivors_first(ids: &[u64], victim: u64) -> Vec<u64> {
+    let mut seeds: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
+    seeds.push(victim);
+    seeds
+}
+
+/// Starts nodes `1..=n` and waits until all are voters of every partition.
+fn start_cluster(mut cluster: Cluster, n: u64) -> Cluster {
+    for id in 1..=n {
+        cluster.start(id);
+    }
+    let voters: Vec<u64> = (1..=n).collect();
+    cluster.wait_for_voters(&voters);
+    cluster
+}
+
+/// Three nodes: every partition elects a leader and all three become voters; 10,000
+/// acknowledged records read back from every node with the same offsets and bytes.
+#[test]
+fn three_nodes_replicate_every_acknowledged_record() {
+    let cluster = start_cluster(Cluster::new("cluster_three_nodes"), 3);
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let client = cluster.client();
+    let acked = produce(&client, "three", 50, 100);
+    assert_eq!(acked.values().map(|m| m.len()).sum::<usize>(), 10_000);
+    assert_replicas_agree(&cluster, &cluster.ids(), &acked);
+}
+
+/// Fault model: SIGKILL of partition 0's leader while producers have writes to both
+/// partitions in flight (a process crash; the disk keeps what was fdatasync'd). A new leader
+/// takes writes; the killed node restarts on its port and data directory, catches up, and
+/// every node holds every acknowledged record at its offset, with no offset holding two
+/// different records. Produces that failed during the failover may or may not be in the log.
+#[test]
+fn killing_the_leader_under_load_loses_no_acknowledged_record() {
+    let mut cluster = start_cluster(Cluster::new("cluster_kill_leader"), 3);
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let all = cluster.ids();
+    let leader = cluster.wait_for_leader(0, &all, None);
+    let client = Rc::new(cluster.client());
+    let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let survivors_client = cluster.client_of(&survivors);
+    let survivors_addrs: Vec<SocketAddr> = survivors.iter().map(|id| cluster.addr(*id)).collect();
+    let load = Load::new("kill");
+    let (elected, failover) = common::run(|| async {
+        let tasks = load.start(&client, 2);
+        load.wait_for_acks(0, 200, CONVERGE).await;
+        cluster.kill9(leader);
+        let killed = load.mark();
+        agreed_leader(
+            &survivors_client,
+            &survivors_addrs,
+            0,
+            Some(leader),
+            FAILOVER_MAX,
+        )
+        .await
+        .unwrap_or_else(|views| panic!("no new leader of p0 after the kill: {views}"));
+        let elected = killed.elapsed();
+        let failover = load.wait_for_ack_after_mark(FAILOVER_MAX).await;
+        let after = load.acked_count(0) + 200;
+        load.wait_for_acks(0, after, CONVERGE).await;
+        load.stop(tasks).await;
+        (elected, failover)
+    });
+    println!(
+        "kill -9 of node {leader} (leader of p0): survivors agree on a new leader after {} ms, \
+         first write acknowledged after {} ms; failed produces: {:?}",
+        elected.as_millis(),
+        failover.as_millis(),
+        load.failures()
+    );
+    let mut acked = load.acked.take();
+
+    cluster.start(leader);
+    // The restarted node takes part again: a new round of writes reaches all three.
+    merge(
+        &mut acked,
+        produce(&cluster.client(), "after-restart", 5, 20),
+    );
+    assert_replicas_agree(&cluster, &all, &acked);
+}
+
+/// Regression: with its first seed down, `ClusterClient::produce` never reached the cluster.
+/// A failed connect to that seed (nothing was sent, so certainly not applied) ended the
+/// produce as an outcome-unknown connection error instead of moving on to the next seed, and
+/// every produce started again from the first seed. The same happened when a NotLeader hint
+/// named the leader that had just died: produces failed until the survivors stopped naming it.
+#[test]
+fn a_produce_is_not_stuck_on_a_dead_first_seed() {
+    let mut cluster = start_cluster(Cluster::new("cluster_dead_first_seed"), 3);
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    cluster.kill9(1);
+    for p in 0..PARTITIONS {
+        cluster.wait_for_leader(p, &[2, 3], Some(1));
+    }
+    let client = cluster.client_of(&[1, 2, 3]);
+    common::run(|| async {
+        for p in 0..PARTITIONS {
+            let value = Bytes::from(format!("dead-first-seed-p{p}"));
+            if let Err(e) = client.produce(p, vec![value]).await {
+                panic!("produce to p{p} with seeds [dead, live, live]: {e}");
+            }
+        }
+    });
+}
+
+/// Regression, open: a client that was talking to a leader which then died fails its next
+/// produce with "connect: connection refused". Its cached connection to the dead node is
+/// closed, re-dialing it is refused before anything is sent (certainly not applied), yet the
+/// produce ends as an outcome-unknown connection error instead of moving on to the next node.
+#[test]
+fn a_produce_after_its_leader_died_is_not_failed_by_a_refused_reconnect() {
+    let mut cluster = start_cluster(Cluster::new("cluster_refused_reconnect"), 3);
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let leader = cluster.wait_for_leader(0, &cluster.ids(), None);
+    let client = cluster.client();
+    common::run(|| async {
+        for p in 0..PARTITIONS {
+            let value = Bytes::from(format!("before-p{p}"));
+            client
+                .produce(p, vec![value])
+                .await
+                .expect("healthy cluster");
+        }
+        cluster.kill9(leader);
+        // Let the client's read loops see the connections end (a produce written before that
+        // fails as outcome-unknown, rightly: the client cannot tell it never arrived).
+        corelog::io::sleep(Duration::from_millis(200)).await;
+        for p in 0..PARTITIONS {
+            let value = Bytes::from(format!("after-p{p}"));
+            if let Err(e) = client.produce(p, vec![value]).await {
+                panic!("produce to p{p} after its leader node {leader} died: {e}");
+            }
+        }
+    });
+}
+
+/// Node 4 joins a cluster of three whose replication factor is 4: it becomes a learner and
+/// then a voter of every partition, and new records reach it. Then it leaves every partition
+/// (the seed's TestMultipleNodes): no node counts it as a member any more, and records
+/// produced after that never reach it.
+#[test]
+fn a_joining_node_becomes_a_voter_and_a_node_that_left_gets_no_new_records() {
+    let mut cluster = start_cluster(
+        Cluster::new("cluster_join_leave").with_replication_factor(4),
+        3,
+    );
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let mut acked = produce(&cluster.client(), "before-join", 10, 10);
+
+    cluster.start(4);
+    let roles = node_roles_until_voter(&cluster, 4);
+    println!("node 4 as node 1 saw it while joining: {roles:?}");
+    cluster.wait_for_voters(&[1, 2, 3, 4]);
+    merge(&mut acked, produce(&cluster.client(), "after-join", 10, 10));
+    assert_replicas_agree(&cluster, &[1, 2, 3, 4], &acked);
+
+    // Changing membership is an admin action: the node certificate has that right.
+    let client = cluster.client_as(&[1, 2, 3], "node");
+    let members: Vec<SocketAddr> = [1, 2, 3].iter().map(|id| cluster.addr(*id)).collect();
+    common::run(|| async {
+        for p in 0..PARTITIONS {
+            client
+                .leave(p, 4)
+                .await
+                .unwrap_or_else(|e| panic!("leave p{p}: {e}"));
+        }
+        // Every remaining node sees node 4 gone from every partition.
+        let deadline = Instant::now() + CONVERGE;
+        for addr in &members {
+            loop {
+                let node = client.node(*addr).await.expect("connect to a member");
+                let servers = node.get_servers().await;
+                let still = servers.as_ref().map_or(true, |s| {
+                    s.servers.iter().any(|s| {
+                        s.id == "4"
+                            && (!s.partitions_voter.is_empty() || !s.partitions_learner.is_empty())
+                    })
+                });
+                if !still {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{addr} still counts node 4 as a member: {servers:?}"
+                );
+                corelog::io::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    cluster.wait_for_voters(&[1, 2, 3]);
+
+    let late = produce(&cluster.client_of(&[1, 2, 3]), "after-leave", 10, 10);
+    merge(&mut acked, late.clone());
+    assert_replicas_agree(&cluster, &[1, 2, 3], &acked);
+    // Nodes 1-3 all hold the late records: had node 4 still been replicated to, it would have
+    // them by now too. Look twice, a moment apart, to be sure none trickle in.
+    let node4 = cluster.addr(4);
+    let client = cluster.client_of(&[4]);
+    common::run(|| async {
+        for round in 0..2 {
+            if round > 0 {
+                corelog::io::sleep(Duration::from_millis(500)).await;
+            }
+            for (p, records) in &late {
+                let first_late = *records.keys().next().expect("late records");
+                let held = read_below_high_watermark(&client, node4, *p)
+                    .await
+                    .unwrap_or_else(|e| panic!("read node 4 p{p}: {e}"));
+                assert!(
+                    held.len() as u64 <= first_late,
+                    "node 4 p{p} holds {} records; the first record produced after it left is \
+                     at offset {first_late}",
+                    held.len()
+                );
+                for (offset, value) in &held {
+                    assert!(
+                        !value.starts_with(b"after-leave"),
+                        "node 4 p{p} got {value:?} at offset {offset} after it left"
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// Polls node 1 until node `id` is a voter of every partition; returns each distinct role
+/// node 1 reported for it on the way (`(learner of, voter of)`), which should go from learner
+/// to voter (a short learner phase may fall between two polls).
+fn node_roles_until_voter(cluster: &Cluster, id: u64) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let client = cluster.client_of(&[1]);
+    let id = id.to_string();
+    common::run(|| async move {
+        let deadline = Instant::now() + CONVERGE;
+        let mut seen: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+        loop {
+            if let Ok(servers) = client.get_servers().await {
+                let role = servers
+                    .servers
+                    .iter()
+                    .find(|s| s.id == id)
+                    .map(|s| (s.partitions_learner.clone(), s.partitions_voter.clone()))
+                    .unwrap_or_default();
+                assert!(
+                    role.0.iter().all(|p| !role.1.contains(p)),
+                    "node {id} is both a learner and a voter: {role:?}"
+                );
+                if seen.last() != Some(&role) {
+                    seen.push(role.clone());
+                }
+                if role.1.len() == PARTITIONS as usize {
+                    return seen;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never became a voter of every partition: {seen:?}"
+            );
+            corelog::io::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+/// Fault model: a clean network partition. Partition 0's leader is cut off from both peers
+/// (every connection between them closed, new ones refused, in both directions) while test
+/// clients still reach every node directly. The majority elects a new leader and acknowledges
+/// writes; writes sent straight to the isolated node are never acknowledged. After healing,
+/// every node (the isolated one included) holds the same records at the same offsets, and
+/// none of the writes the isolated node took while cut off survive anywhere.
+#[test]
+fn a_partitioned_leader_cannot_ack_writes_and_rejoins_with_the_majority_log() {
+    let cluster = start_cluster(Cluster::new("cluster_partition").with_proxies(), 3);
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let all = cluster.ids();
+    let mut acked = produce(&cluster.client(), "before-cut", 10, 10);
+    let old = cluster.wait_for_leader(0, &all, None);
+    let majority: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
+    let proxies = cluster.proxies.as_ref().unwrap();
+    // The leader dials its followers at their advertised addresses: their proxies.
+    assert!(
+        majority.iter().all(|id| proxies[id].forwarded() > 0),
+        "peer traffic goes through the proxies"
+    );
+
+    // Writes straight to the isolated node, from the moment of the cut: it may still believe
+    // it leads and append them, but can never commit them.
+    let mut config = ClientConfig::new(cluster.addr(old), &cluster.tls, "client").unwrap();
+    config.request_timeout = Duration::from_millis(1_500);
+    let majority_client = cluster.client_of(&majority);
+    let majority_addrs: Vec<SocketAddr> = majority.iter().map(|id| cluster.addr(*id)).collect();
+    let (new, elected, refusals) = common::run(|| async {
+        let direct = Client::connect(config)
+            .await
+            .expect("connect to the leader");
+        cluster.isolate(old);
+        let cut = Instant::now();
+        let election = glommio::spawn_local(async move {
+            let new = agreed_leader(&majority_client, &majority_addrs, 0, Some(old), CONVERGE)
+                .await
+                .unwrap_or_else(|views| panic!("the majority elected no leader of p0: {views}"));
+            (new, cut.elapsed())
+        })
+        .detach();
+        let mut refusals: BTreeMap<String, usize> = BTreeMap::new();
+        for n in 0.. {
+            if cut.elapsed() >= Duration::from_secs(4) {
+                break;
+            }
+            let value = Bytes::from(format!("isolated-{n}"));
+            match direct.produce(0, vec![value]).await {
+                Ok(r) => panic!("the isolated node acknowledged a write: {r:?}"),
+                Err(e) => *refusals.entry(error_kind(&e)).or_default() += 1,
+            }
+            corelog::io::sleep(Duration::from_millis(100)).await;
+        }
+        let (new, elected) = election.await.expect("the election task ran");
+        (new, elected, refusals)
+    });
+    println!(
+        "node {old} cut off: nodes {majority:?} agree on node {new} leading p0 after {} ms; \
+         writes sent to node {old} meanwhile, all refused: {refusals:?}",
+        elected.as_millis()
+    );
+    merge(
+        &mut acked,
+        produce(&cluster.client_of(&majority), "majority", 5, 10),
+    );
+
+    cluster.heal();
+    merge(&mut acked, produce(&cluster.client(), "healed", 5, 10));
+    let logs = assert_replicas_agree(&cluster, &all, &acked);
+    for (id, partitions) in &logs {
+        for (p, log) in partitions {
+            if let Some((offset, value)) = log.iter().find(|(_, v)| v.starts_with(b"isolated-")) {
+                panic!("node {id} p{p} offset {offset} holds {value:?}, never acknowledged");
+            }
+        }
+    }
+}
+
+/// What kind of failure `e` is, for a summary: its variant, and the server's error kind.
+fn error_kind(e: &corelog::client::ClientError) -> String {
+    use corelog::client::ClientError;
+    match e {
+        ClientError::Server(s) => format!("{s:?}")
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        ClientError::Connection { .. } => "Connection".into(),
+        ClientError::Connect { .. } => "Connect".into(),
+        ClientError::Tls(_) => "Tls".into(),
+        ClientError::Timeout { .. } => "Timeout".into(),
+        ClientError::Protocol { .. } => "Protocol".into(),
+    }
+}
+
+/// SIGTERM of partition 0's leader while producers write: it hands leadership to another
+/// voter before it stops (another node leads within a short time, and the node logs no failed
+/// hand-off), exits 0, and no acknowledged record is lost; restarted, it holds them all too.
+#[test]
+fn sigterm_hands_leadership_off_and_loses_no_acknowledged_record() {
+    let mut cluster = start_cluster(Cluster::new("cluster_sigterm_leader"), 3);
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let all = cluster.ids();
+    let leader = cluster.wait_for_leader(0, &all, None);
+    let others: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let pid = cluster.pid(leader);
+    let client = Rc::new(cluster.client());
+    let others_client = cluster.client_of(&others);
+    let others_addrs: Vec<SocketAddr> = others.iter().map(|id| cluster.addr(*id)).collect();
+    let load = Load::new("term");
+    let (new, handoff) = common::run(|| async {
+        let tasks = load.start(&client, 2);
+        load.wait_for_acks(0, 100, CONVERGE).await;
+        cluster.send_sigterm(leader);
+        let start = load.mark();
+        let new = agreed_leader(&others_client, &others_addrs, 0, Some(leader), FAILOVER_MAX)
+            .await
+            .unwrap_or_else(|views| panic!("no new leader of p0 after SIGTERM: {views}"));
+        let handoff = start.elapsed();
+        load.wait_for_ack_after_mark(FAILOVER_MAX).await;
+        let after = load.acked_count(0) + 100;
+        load.wait_for_acks(0, after, CONVERGE).await;
+        load.stop(tasks).await;
+        (new, handoff)
+    });
+    let status = cluster.wait_stopped(pid);
+    println!(
+        "SIGTERM of node {leader} (leader of p0): node {new} leads after {} ms; failed \
+         produces: {:?}; e.g. {:?}",
+        handoff.as_millis(),
+        load.failures(),
+        load.failed.borrow().first()
+    );
+    assert!(status.success(), "the stopped node exits 0: {status:?}");
+    let stderr = cluster.stopped.last().unwrap().stderr();
+    assert!(
+        !stderr.contains("still the leader after"),
+        "the hand-off failed:\n{stderr}"
+    );
+    let acked = load.acked.take();
+    assert_replicas_agree(&cluster, &others, &acked);
+    cluster.start(leader);
+    assert_replicas_agree(&cluster, &all, &acked);
+}
+
+/// Regression (fixed: peers are served until the groups stop): a graceful stop stranded the produces in flight on the leader it stops.
+/// On SIGTERM the node stops reading every connection (peer connections included) and stops
+/// accepting new ones, and only then hands leadership off; after the hand-off the new leader
+/// cannot reach it, so writes it had appended but not yet seen committed are never applied
+/// here. Their clients wait until the drain gives up (`SHUTDOWN_DRAIN_MS`, 10 s) and the group's
+/// shutdown fails them as outcome-unknown ("raft stopped").
+#[test]
+fn writes_in_flight_on_a_leader_stopped_by_sigterm_are_answered_promptly() {
+    let mut cluster = start_cluster(Cluster::new("cluster_sigterm_in_flight"), 3);
+    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let all = cluster.ids();
+    // Whether a write is caught in flight depends on timing: a few rounds catch it with high
+    // probability (about one round in five does on this machine).
+    for round in 0..SIGTERM_ROUNDS {
+        let leader = cluster.wait_for_leader(0, &all, None);
+        let pid = cluster.pid(leader);
+        let client = Rc::new(cluster.client_of(&survivors_first(&all, leader)));
+        let load = Load::new(&format!("in-flight-{round}"));
+        let stopped_in = common::run(|| async {
+            // Many writers: some produce is in flight on the leader when it hands off.
+            let tasks = load.start(&client, 8);
+            load.wait_for_acks(0, 100, CONVERGE).await;
+            cluster.send_sigterm(leader);
+            let start = load.mark();
+            load.wait_for_ack_after_mark(FAILOVER_MAX).await;
+            load.stop(tasks).await;
+            start.elapsed()
+        });
+        let status = cluster.wait_stopped(pid);
+        assert!(status.success(), "{status:?}");
+        let stranded: Vec<_> = load
+            .failed
+            .borrow()
+            .iter()
+            .filter(|(_, _, message)| message.contains("raft stopped"))
+            .cloned()
+            .collect();
+        assert!(
+            stranded.is_empty(),
+            "round {round}: writes stranded on stopping node {leader}, answered after \
+             {stopped_in:?}: {stranded:?}\n{}",
+            cluster.stopped.last().unwrap().stderr()
+        );
+        cluster.start(leader);
+        cluster.wait_for_voters(&all);
+    }
+}
+
+/// The test harness itself: a cut proxy closes what it forwards and refuses new connections,
+/// `refuse_from` singles out one process, and healing restores forwarding.
+#[test]
+fn the_test_proxy_forwards_cuts_and_heals() {
+    use std::io::{Read, Write};
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(target);
+    let echoes = |stream: &mut std::net::TcpStream| -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = [0u8; 4];
+        stream.write_all(b"ping").is_ok() && stream.read_exact(&mut got).is_ok() && &got == b"ping"
+    };
+    let connect = || std::net::TcpStream::connect(proxy.addr()).unwrap();
+    let mut before = connect();
+    assert!(echoes(&mut before));
+    proxy.cut();
+    assert!(!echoes(&mut before), "a cut closes open connections");
+    assert!(!echoes(&mut connect()), "a cut refuses new connections");
+    proxy.heal();
+    assert!(echoes(&mut connect()));
+    let mut mine = connect();
+    assert!(echoes(&mut mine));
+    proxy.refuse_from(std::process::id());
+    assert!(
+        !echoes(&mut mine),
+        "refuse_from closes that process's links"
+    );
+    assert!(!echoes(&mut connect()));
+    proxy.heal();
+    assert!(echoes(&mut connect()));
+}
