@@ -254,7 +254,7 @@ fn iotune_writes_properties_that_serve_accepts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("chose write_bytes = "), "{stdout}");
-    assert!(stdout.contains("one write at a time"), "{stdout}");
+    assert!(stdout.contains("issued together"), "{stdout}");
     let chosen = IoProperties::load(&props).expect("iotune writes a valid file");
     let text = std::fs::read_to_string(&props).unwrap();
     assert!(

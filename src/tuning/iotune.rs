@@ -73,7 +73,7 @@ pub struct IotuneArgs {
 /// What `serve --io-properties` applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoProperties {
-    /// The appender's largest write (one group commit): `LogConfig::flush_bytes_max`.
+    /// The appender's largest single write: `LogConfig::write_bytes_max`.
     pub write_bytes: usize,
     /// Writes worth keeping in flight on this disk.
     pub writes_in_flight: usize,
@@ -508,8 +508,8 @@ fn print_summary(c: &Calibration, out: &Path) {
         println!("chose {r}");
     }
     println!(
-        "note: serve applies write_bytes to the appender's flush size; it records \
-         writes_in_flight but the appender issues one write at a time today"
+        "note: serve makes write_bytes the appender's largest write and a group commit up to \
+         writes_in_flight such writes, issued together before its one fdatasync"
     );
     println!(
         "wrote {} in {} ms; use it with `corelog serve --io-properties {}`",
