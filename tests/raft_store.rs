@@ -171,3 +171,30 @@ fn appended_entries_are_readable_before_they_are_durable() {
         ls.log().close().await.unwrap();
     });
 }
+
+/// A damaged `raft-meta` (vote, committed, applied) is refused with a typed corruption error
+/// naming the file, never read as an empty state (that could vote twice in a term).
+#[test]
+fn a_damaged_raft_meta_file_is_refused_not_reset() {
+    let dir = common::test_dir("raft_store_bad_meta");
+    let _cleanup = common::RemoveOnSuccess(dir.clone());
+    common::run(|| async move {
+        let (mut ls, _sm) = open_store(dir.clone()).await;
+        let vote = openraft::impls::Vote::new(3, 1);
+        ls.save_vote(&vote).await.unwrap();
+        ls.close().await.unwrap();
+        ls.log().close().await.unwrap();
+        let path = dir.join(store::META_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let log = Log::open(&dir, small_config()).await.unwrap();
+        match store::open(log.clone(), Disk::new()).await {
+            Err(corelog::Error::Corrupt { .. }) => {}
+            Err(e) => panic!("expected a corruption error, got {e}"),
+            Ok(_) => panic!("a damaged raft-meta was accepted"),
+        }
+        log.close().await.unwrap();
+    });
+}
