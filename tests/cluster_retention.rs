@@ -87,9 +87,6 @@ async fn holdings(client: &ClusterClient, at: SocketAddr) -> (u64, Vec<(u64, Byt
 }
 
 #[test]
-#[ignore = "flaky (about half the runs since fb36c64): node 3 sometimes ends up holding records \
-            from offset 0 although both survivors deleted them, i.e. it did not catch up through \
-            a snapshot of the retained segments; under investigation (issue 5)"]
 fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments() {
     let dir = common::test_dir("cluster_retention");
     let _cleanup = common::RemoveOnSuccess(dir.clone());

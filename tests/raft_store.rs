@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use corelog::Offset;
 use corelog::io::Disk;
 use corelog::raft::store::{self, LogStore, StateMachine};
-use corelog::raft::types::{Entry, RecordBatch, TypeConfig, log_id};
+use corelog::raft::types::{Entry, LogSnapshot, RecordBatch, TypeConfig, log_id};
 use corelog::storage::{Log, LogConfig};
 use openraft::entry::RaftEntry;
-use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::storage::{IOFlushed, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{RaftLogReader, StorageError};
@@ -196,5 +196,127 @@ fn a_damaged_raft_meta_file_is_refused_not_reset() {
             Ok(_) => panic!("a damaged raft-meta was accepted"),
         }
         log.close().await.unwrap();
+    });
+}
+
+/// Retention through Raft (purge, then the segments go) leaves nothing of the removed
+/// segments readable by Raft index — not even from the in-memory tail cache, which still held
+/// them: a snapshot of the log, what a follower behind the retention point is sent, starts at
+/// the first retained entry (a regression: it used to carry the whole log from index 0).
+#[test]
+fn a_snapshot_after_retention_holds_only_the_retained_segments() {
+    let dir = common::test_dir("raft_store_retention_snapshot");
+    let _cleanup = common::RemoveOnSuccess(dir.clone());
+    common::run(|| async move {
+        let (mut ls, mut sm) = open_store(dir.clone()).await;
+        let log = ls.log().clone();
+        let value = vec![7u8; 8 << 10];
+        // Index 0 first, as a cluster's log starts (openraft's initial membership).
+        let mut entries = vec![Entry::new_blank(log_id(0, 0))];
+        entries.extend((1..=40).map(|i| normal(1, i, &[&value[..]])));
+        append_durably(&mut ls, entries).await;
+        let entries = ls.try_get_log_entries(0..41).await.unwrap();
+        sm.apply(futures::stream::iter(
+            entries.into_iter().map(|e| Ok((e, None))),
+        ))
+        .await
+        .unwrap();
+        let segments = log.segment_count();
+        assert!(segments >= 4, "8 KiB entries fill several 64 KiB segments");
+
+        ls.purge(log_id(1, 20)).await.unwrap();
+        let removed = log.purge_raft(20).await.unwrap();
+        assert!(removed >= 1, "segments wholly at or below index 20 go");
+        assert_eq!(log.segment_count(), segments - removed);
+        let first = log.read_raft(0, 1 << 20).await.unwrap()[0]
+            .header()
+            .meta
+            .raft_index;
+        assert!(
+            (2..=21).contains(&first),
+            "the log now starts inside the purge point, at {first}"
+        );
+        assert_eq!(
+            log.lowest_offset(),
+            Offset(first - 1),
+            "index i holds offset i - 1"
+        );
+
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 40)));
+        let batches = snapshot.snapshot.clone().into_batches().await.unwrap();
+        let indexes: Vec<u64> = batches
+            .iter()
+            .map(|b| {
+                corelog::storage::format::Batch::parse(b.clone())
+                    .unwrap()
+                    .header()
+                    .meta
+                    .raft_index
+            })
+            .collect();
+        assert_eq!(indexes, (first..=40).collect::<Vec<_>>());
+        assert_eq!(snapshot.snapshot.end_offset, 40, "index 40 holds offset 39");
+
+        // A follower installs it: its log starts where the leader's retained log does, and
+        // the next entry continues at the leader's offsets.
+        let (mut ls2, mut sm2) = open_store(dir.join("follower")).await;
+        let log2 = ls2.log().clone();
+        sm2.install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+            .await
+            .unwrap();
+        assert_eq!(log2.lowest_offset(), Offset(first - 1));
+        assert_eq!(sm2.high_watermark(), Offset(40));
+        ls2.purge(log_id(1, 40)).await.unwrap();
+        append_durably(&mut ls2, vec![normal(1, 41, &[b"next"])]).await;
+        let e41 = ls2.try_get_log_entries(41..42).await.unwrap();
+        match &e41[0].payload {
+            openraft::EntryPayload::Normal(d) => assert_eq!(d.base_offset, Some(Offset(40))),
+            other => panic!("expected a normal entry, got {other:?}"),
+        }
+
+        // Retention may have removed every batch a snapshot covers: the snapshot is then only
+        // its end offset, and the follower's log continues there, not at offset 0.
+        let (mut ls3, mut sm3) = open_store(dir.join("empty")).await;
+        let log3 = ls3.log().clone();
+        let empty = LogSnapshot {
+            end_offset: 960,
+            ..LogSnapshot::default()
+        };
+        let meta = openraft::SnapshotMeta {
+            last_log_id: Some(log_id(1, 148)),
+            ..snapshot.meta.clone()
+        };
+        sm3.install_snapshot(&meta, empty).await.unwrap();
+        assert_eq!(log3.lowest_offset(), Offset(960));
+        assert_eq!(sm3.high_watermark(), Offset(960));
+        ls3.purge(log_id(1, 148)).await.unwrap();
+        append_durably(&mut ls3, vec![normal(1, 149, &[b"after"])]).await;
+        let e149 = ls3.try_get_log_entries(149..150).await.unwrap();
+        match &e149[0].payload {
+            openraft::EntryPayload::Normal(d) => assert_eq!(d.base_offset, Some(Offset(960))),
+            other => panic!("expected a normal entry, got {other:?}"),
+        }
+
+        // A snapshot whose batches do not end where it says is refused, not installed.
+        let (_ls4, mut sm4) = open_store(dir.join("refused")).await;
+        let wrong = LogSnapshot {
+            batches,
+            end_offset: 41,
+            source: None,
+        };
+        let err = sm4
+            .install_snapshot(&snapshot.meta, wrong)
+            .await
+            .expect_err("a snapshot ending at the wrong offset");
+        assert!(err.to_string().contains("ends at offset 41"), "{err}");
+        for l in [ls.log(), &log2, &log3, _ls4.log()] {
+            l.close().await.unwrap();
+        }
     });
 }

@@ -188,7 +188,10 @@ struct SnapshotAssembly {
     next_chunk: u32,
     vote: Vote,
     meta: SnapshotMeta,
+    end_offset: u64,
     batches: Vec<Bytes>,
+    /// The batches' headers, to check the whole snapshot before openraft sees it.
+    headers: Vec<crate::storage::format::Header>,
     bytes: u64,
 }
 
@@ -540,6 +543,7 @@ impl Connection {
             snapshot: LogSnapshot {
                 source: None,
                 batches: done.batches,
+                end_offset: done.end_offset,
             },
         };
         glommio::spawn_local(async move {
@@ -562,6 +566,9 @@ impl Connection {
             let vote = wire::decode_vote(req.vote, "RaftSnapshotRequest", "vote")
                 .map_err(|e| e.to_string())?;
             let meta = wire::decode_snapshot_meta(req.meta.clone()).map_err(|e| e.to_string())?;
+            let end_offset = req.end_offset.ok_or_else(|| {
+                "RaftSnapshotRequest chunk 0 has no end_offset, which is required".to_string()
+            })?;
             let mut snapshots = self.snapshots.borrow_mut();
             if !snapshots.contains_key(&partition) && snapshots.len() >= SNAPSHOT_TRANSFERS_MAX {
                 return Err(format!(
@@ -576,7 +583,9 @@ impl Connection {
                     next_chunk: 0,
                     vote,
                     meta,
+                    end_offset,
                     batches: Vec::new(),
+                    headers: Vec::new(),
                     bytes: 0,
                 },
             );
@@ -584,12 +593,16 @@ impl Connection {
         // Batches are checked (length, CRC) here, so that a damaged snapshot is refused as a bad
         // request instead of failing the install, which openraft treats as a fatal storage
         // error of the group.
+        let mut headers = Vec::with_capacity(req.batches.len());
         for (i, batch) in req.batches.iter().enumerate() {
-            if let Err(e) = crate::storage::format::validate_batch(batch) {
-                return Err(format!(
-                    "snapshot chunk {} of partition {partition}: batch {i} is damaged: {e}",
-                    req.chunk_index
-                ));
+            match crate::storage::format::validate_batch(batch) {
+                Ok(header) => headers.push(header),
+                Err(e) => {
+                    return Err(format!(
+                        "snapshot chunk {} of partition {partition}: batch {i} is damaged: {e}",
+                        req.chunk_index
+                    ));
+                }
             }
             glommio::yield_if_needed().await;
         }
@@ -617,7 +630,16 @@ impl Connection {
             ));
         }
         assembly.batches.extend(req.batches.iter().cloned());
+        assembly.headers.extend(headers);
         assembly.next_chunk = assembly.next_chunk.saturating_add(1);
+        if req.last {
+            crate::raft::types::check_snapshot_batches(
+                &assembly.headers,
+                assembly.meta.last_log_id.map(|l| l.index),
+                assembly.end_offset,
+            )
+            .map_err(|e| format!("snapshot of partition {partition}: {e}"))?;
+        }
         Ok(())
     }
 

@@ -717,6 +717,7 @@ mod tests {
                 }),
                 batches: vec![Bytes::from_static(b"batch")],
                 last: true,
+                end_offset: Some(960),
             }),
             Request::RaftTransferLeader(RaftTransferLeaderRequest {
                 partition: 4,

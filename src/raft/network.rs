@@ -301,6 +301,7 @@ impl PeerNetwork {
             .unwrap_or(SNAPSHOT_CHUNK_BYTES_DEFAULT)
             .clamp(1, frame_bytes_max);
         let transfer_id = self.pool.next_transfer_id();
+        let end_offset = snapshot.snapshot.end_offset;
         let batches = snapshot.snapshot.into_batches().await.map_err(|e| {
             StreamingError::Unreachable(Unreachable::from_string(format!(
                 "reading the snapshot to send: {e}"
@@ -319,6 +320,7 @@ impl PeerNetwork {
                 meta: first.then(|| wire::encode_snapshot_meta(&snapshot.meta)),
                 batches: Vec::new(),
                 last: false,
+                end_offset: first.then_some(end_offset),
             };
             let chunk_bytes = fill_chunk(&mut chunk, &mut batches, chunk_bytes_max);
             if chunk_bytes > frame_bytes_max {

@@ -39,7 +39,7 @@ use crate::Offset;
 use crate::io::Disk;
 use crate::raft::types::{
     AppendResponse, Entry, LogId, LogSnapshot, Membership, RecordBatch, SnapshotSource,
-    StoredMembership, TypeConfig, Vote, log_id,
+    StoredMembership, TypeConfig, Vote, check_snapshot_batches, log_id,
 };
 use crate::storage::{Batch, BatchMeta, Log};
 
@@ -640,7 +640,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: LogSnapshot,
     ) -> Result<(), io::Error> {
         let log = &self.shared.log;
-        let batches = snapshot.clone().into_batches().await.map_err(to_io)?;
+        let batches = snapshot
+            .clone()
+            .into_batches()
+            .await
+            .map_err(io::Error::other)?;
         let mut parsed = Vec::with_capacity(batches.len());
         for bytes in &batches {
             parsed.push(
@@ -648,9 +652,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(|e| io::Error::other(format!("snapshot batch: {e}")))?,
             );
         }
+        // The receiving connection checked this already (a bad snapshot is a bad request);
+        // installing one would leave this log's offsets unlike the leader's.
+        let headers: Vec<_> = parsed.iter().map(|b| *b.header()).collect();
+        check_snapshot_batches(
+            &headers,
+            meta.last_log_id.map(|l| l.index),
+            snapshot.end_offset,
+        )
+        .map_err(io::Error::other)?;
         let base = parsed
             .first()
-            .map_or(log.lowest_offset(), |b| b.base_offset());
+            .map_or(Offset(snapshot.end_offset), |b| b.base_offset());
         log.reset_at(base).await.map_err(to_io)?;
         self.shared.pending.borrow_mut().clear();
         let mut last = None;
@@ -661,7 +674,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(ticket) = last {
             ticket.durable().await.map_err(to_io)?;
         }
-        let hw = parsed.last().map_or(base, |b| b.next_offset());
+        let hw = Offset(snapshot.end_offset);
         self.shared.durable_last.set(
             parsed
                 .last()
@@ -692,10 +705,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     /// A lazy snapshot: the log's batches up to the applied entry, read when sent.
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // The high watermark is the end of the applied entries (apply advances both).
         let (applied, membership) = {
             let m = self.shared.meta.borrow();
             (m.applied, m.membership.clone())
         };
+        let end_offset = self.shared.high_watermark.get().get();
         let batches = Vec::new();
         let snapshot = Snapshot {
             meta: SnapshotMeta {
@@ -708,6 +723,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     log: self.shared.log.clone(),
                     upto: a.index,
                 }),
+                end_offset,
             },
         };
         *self.shared.current_snapshot.borrow_mut() = Some(snapshot.clone());

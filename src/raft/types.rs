@@ -109,7 +109,10 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 }
 
 /// A snapshot of a partition: for a log the state *is* the log, so a snapshot carries the
-/// retained batches themselves (format v1 bytes, each checked on arrival), oldest first.
+/// retained batches themselves (format v1 bytes, each checked on arrival), oldest first, and
+/// the offset after the last record it covers. Retention may have removed every batch the
+/// snapshot covers (it cuts up to the applied index): then `batches` is empty and
+/// `end_offset` alone says where the receiver's log continues.
 ///
 /// A snapshot built on this node is lazy ([`LogSnapshot::source`]): it names the log and the
 /// last Raft index it covers, and its batches are read only when it is sent to a follower. A
@@ -118,6 +121,8 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 pub struct LogSnapshot {
     pub batches: Vec<Bytes>,
     pub source: Option<SnapshotSource>,
+    /// The offset after the last record covered: the high watermark once it is installed.
+    pub end_offset: u64,
 }
 
 /// Where a lazy snapshot's batches come from: every batch of `log` up to Raft index `upto`.
@@ -132,35 +137,99 @@ impl fmt::Debug for LogSnapshot {
         f.debug_struct("LogSnapshot")
             .field("batches", &self.batches.len())
             .field("upto", &self.source.as_ref().map(|s| s.upto))
+            .field("end_offset", &self.end_offset)
             .finish()
     }
 }
 
+/// Checks that a snapshot's batches (their `headers`, oldest first) are what a snapshot
+/// covering Raft entries up to `upto` (`None`: nothing) and offsets up to `end_offset` must
+/// be: consecutive Raft indexes ending at `upto`, dense offsets ending at `end_offset`.
+/// Installing one that is not would leave the receiver's offsets or entries unlike the
+/// leader's.
+pub fn check_snapshot_batches(
+    headers: &[crate::storage::format::Header],
+    upto: Option<u64>,
+    end_offset: u64,
+) -> Result<(), String> {
+    let Some(last) = headers.last() else {
+        return Ok(());
+    };
+    let Some(upto) = upto else {
+        return Err(format!(
+            "a snapshot that covers no entry carries {} batches",
+            headers.len()
+        ));
+    };
+    for pair in headers.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if b.meta.raft_index != a.meta.raft_index + 1 {
+            return Err(format!(
+                "snapshot batches jump from Raft index {} to {}",
+                a.meta.raft_index, b.meta.raft_index
+            ));
+        }
+        if b.base_offset != a.next_offset() {
+            return Err(format!(
+                "snapshot batches are not dense: offset {} follows a batch ending at {}",
+                b.base_offset.get(),
+                a.next_offset().get()
+            ));
+        }
+    }
+    if last.meta.raft_index != upto {
+        return Err(format!(
+            "the snapshot covers Raft entries up to {upto}, its last batch has index {}",
+            last.meta.raft_index
+        ));
+    }
+    if last.next_offset().get() != end_offset {
+        return Err(format!(
+            "the snapshot ends at offset {end_offset}, its last batch ends at {}",
+            last.next_offset().get()
+        ));
+    }
+    Ok(())
+}
+
 impl LogSnapshot {
     /// Every batch of the snapshot, reading a lazy one from its log now.
-    pub async fn into_batches(self) -> crate::Result<Vec<Bytes>> {
+    pub async fn into_batches(self) -> Result<Vec<Bytes>, String> {
         let Some(source) = self.source else {
             return Ok(self.batches);
         };
+        // From the oldest batch the log holds (retention may have removed the first ones, or
+        // every one up to `upto`); from there on, indexes must be consecutive, or retention
+        // removed segments while they were read and the snapshot must be read again later.
         let mut out = self.batches;
-        let mut next = 0;
+        let mut next: Option<u64> = None;
         loop {
-            let chunk = source.log.read_raft(next, 4 << 20).await?;
-            if chunk.is_empty() {
-                return Ok(out);
-            }
+            let chunk = source
+                .log
+                .read_raft(next.unwrap_or(0), 4 << 20)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut progressed = false;
             for b in chunk {
                 let index = b.header().meta.raft_index;
-                if index < next && !out.is_empty() {
-                    continue;
+                match next {
+                    Some(n) if index < n => continue,
+                    Some(n) if index > n => {
+                        return Err(format!(
+                            "retention removed Raft entries {n}..{index} while a snapshot of \
+                             them was read; it is read again on the next attempt"
+                        ));
+                    }
+                    _ => {}
                 }
                 if index > source.upto {
                     return Ok(out);
                 }
                 out.push(b.bytes().clone());
-                next = index + 1;
+                next = Some(index + 1);
+                progressed = true;
             }
-            if next > source.upto {
+            if !progressed || next.is_some_and(|n| n > source.upto) {
                 return Ok(out);
             }
         }

@@ -627,7 +627,7 @@ impl Log {
             };
             match second.first_raft_index().await? {
                 Some(next_first) if next_first <= upto.saturating_add(1) => {
-                    self.shared.remove_oldest(&first)?;
+                    self.shared.remove_oldest(&first, Some(next_first))?;
                     removed += 1;
                 }
                 _ => break,
@@ -671,7 +671,7 @@ impl Log {
                 (st.segments.len() > 1 && first.next_offset() <= lowest).then(|| first.clone())
             };
             match victim {
-                Some(seg) => self.shared.remove_oldest(&seg)?,
+                Some(seg) => self.shared.remove_oldest(&seg, None)?,
                 None => break,
             }
         }
@@ -1248,7 +1248,7 @@ impl Shared {
             };
             match victim {
                 Some(seg) => {
-                    self.remove_oldest(&seg)?;
+                    self.remove_oldest(&seg, None)?;
                     removed += 1;
                 }
                 None => break,
@@ -1262,11 +1262,29 @@ impl Shared {
 
     /// Deletes the oldest (sealed) segment: store first, so a crash leaves at worst an orphan
     /// index, which open deletes.
-    fn remove_oldest(&self, seg: &Rc<Segment>) -> Result<()> {
+    /// Removes the oldest segment `seg` and drops its batches from the tail cache, which must
+    /// never serve what the log no longer holds. `next_first_raft` (replicated logs) is the
+    /// first Raft index of the segment after it: control batches take no offset, so one that
+    /// ends `seg` shares its offset with the next segment's first batch and only its Raft
+    /// index tells them apart.
+    fn remove_oldest(&self, seg: &Rc<Segment>, next_first_raft: Option<u64>) -> Result<()> {
         {
             let mut st = self.state.borrow_mut();
             assert!(Rc::ptr_eq(&st.segments[0], seg) && st.segments.len() > 1);
             st.segments.remove(0);
+            let end = seg.next_offset();
+            while let Some(front) = st.cache.front() {
+                let removed = match next_first_raft {
+                    Some(first) => front.header().meta.raft_index < first,
+                    None => front.base_offset() < end,
+                };
+                if !removed {
+                    break;
+                }
+                let len = front.len();
+                st.cache.pop_front();
+                st.cache_bytes -= len;
+            }
         }
         self.disk.remove_file(seg.store_path())?;
         self.disk.remove_file(seg.index_path())
