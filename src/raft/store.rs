@@ -16,6 +16,13 @@
 //! moves the high watermark, so an old value costs a short re-apply at start, never
 //! correctness. Membership changes and purges are written before they take effect.
 //!
+//! A failed append (its write or its `fdatasync`) fails its callback and stops the store's
+//! appends for good: the log hands the failed entries' offsets out again, so a later append
+//! written now would sit where the failed entries should be, a hole in the Raft log (openraft
+//! learns of the failure only through the callback and may append again before it stops). The
+//! failed entries are dropped from what the store serves; reopening the partition recovers
+//! exactly what is durable.
+//!
 //! Purge is logical: the purged id is recorded and reads start after it, but the batches stay
 //! (they are the partition's data; retention removes segments). Snapshots carry the retained
 //! batches themselves ([`LogSnapshot`]).
@@ -112,6 +119,8 @@ struct Shared {
     meta_dirty: Cell<bool>,
     /// Serialises writes of `raft-meta`.
     meta_lock: glommio::sync::Semaphore,
+    /// Why appends stopped: an earlier append failed (see the module docs).
+    append_failed: RefCell<Option<String>>,
     /// Entries appended whose batches are not durable yet, with the append call's sequence.
     pending: RefCell<VecDeque<(u64, Entry)>>,
     append_seq: Cell<u64>,
@@ -149,6 +158,24 @@ impl Shared {
             .write_file_atomic(&self.meta_path, &bytes)
             .await
             .map_err(to_io)
+    }
+
+    /// Stops appends after a failed one (the first reason is kept).
+    fn fail_appends(&self, e: &crate::Error) {
+        let mut failed = self.append_failed.borrow_mut();
+        if failed.is_none() {
+            log::error!(
+                "{}: a Raft append failed, appends stop until the partition is reopened: {e}",
+                self.meta_path.display()
+            );
+            *failed = Some(format!("an earlier Raft append failed: {e}"));
+        }
+    }
+
+    /// The error for an append after a failed one, if one failed.
+    fn appends_stopped(&self) -> Option<io::Error> {
+        let reason = self.append_failed.borrow().clone()?;
+        Some(to_io(crate::Error::Stopped { reason }))
     }
 
     fn last_log_id(&self) -> Option<LogId> {
@@ -234,6 +261,8 @@ impl Shared {
 /// Opens the Raft side of a partition whose log is open: returns its log store and state
 /// machine (handles on the same state).
 pub async fn open(log: Log, disk: Disk) -> crate::Result<(LogStore, StateMachine)> {
+    // A failed write must stop the log: entries after it must not take its place.
+    log.stop_on_write_error();
     let dir = log.dir().to_path_buf();
     let meta = Meta::load(&dir)?;
     let durable_last = log
@@ -247,6 +276,7 @@ pub async fn open(log: Log, disk: Disk) -> crate::Result<(LogStore, StateMachine
         meta: RefCell::new(meta),
         meta_dirty: Cell::new(false),
         meta_lock: glommio::sync::Semaphore::new(1),
+        append_failed: RefCell::new(None),
         pending: RefCell::new(VecDeque::new()),
         append_seq: Cell::new(0),
         durable_last: Cell::new(durable_last),
@@ -380,6 +410,12 @@ impl LogStore {
         &self.shared.log
     }
 
+    /// The id of the last entry this store holds (appended, durable or not; or the purged
+    /// one when the log holds none after it).
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.shared.last_log_id()
+    }
+
     /// Records Raft latencies (append, commit, apply) into `stats` for `partition`.
     pub fn set_stats(
         &self,
@@ -458,12 +494,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(e) = self.shared.appends_stopped() {
+            return Err(e);
+        }
         let seq = self.shared.append_seq.get() + 1;
         self.shared.append_seq.set(seq);
         let started = Instant::now();
         let mut last = None;
         for mut entry in entries {
-            let ticket = submit(&self.shared.log, &mut entry).await.map_err(to_io)?;
+            let ticket = match submit(&self.shared.log, &mut entry).await {
+                Ok(ticket) => ticket,
+                Err(e) => {
+                    // Entries of this call queued before it may still be written.
+                    self.shared.fail_appends(&e);
+                    self.shared.pending.borrow_mut().retain(|(s, _)| *s != seq);
+                    return Err(to_io(e));
+                }
+            };
             last = Some((ticket, entry.log_id));
             self.shared
                 .appended_at
@@ -477,17 +524,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some((ticket, id)) => ticket.durable().await.map(|_| Some(id)),
                 None => Ok(None),
             };
-            let result = match result {
-                Ok(id) => {
+            let result = match (result, shared.appends_stopped()) {
+                (Ok(id), None) => {
                     if let Some(id) = id {
                         shared.durable_last.set(Some(id));
                         shared.record(crate::stats::Op::RaftAppend, started);
                     }
-                    shared.pending.borrow_mut().retain(|(s, _)| *s > seq);
                     Ok(())
                 }
-                Err(e) => Err(to_io(e)),
+                // Written after an earlier append failed (queued before that was known here):
+                // never reported flushed.
+                (Ok(_), Some(stopped)) => Err(stopped),
+                (Err(e), _) => {
+                    shared.fail_appends(&e);
+                    Err(to_io(e))
+                }
             };
+            // Durable or failed, these entries are no longer pending.
+            shared.pending.borrow_mut().retain(|(s, _)| *s > seq);
             callback.io_completed(result);
         })
         .detach();

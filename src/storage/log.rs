@@ -132,6 +132,9 @@ struct Shared {
     /// The newest group commit whose `fdatasync` is pending or running; each waits for the
     /// one before it, so commits publish (and ack) in offset order.
     sync_tail: RefCell<Option<Rc<SyncLink>>>,
+    /// A failed write stops the log instead of handing the failed offsets out again
+    /// ([`Log::stop_on_write_error`]).
+    stop_on_write_error: std::cell::Cell<bool>,
 }
 
 /// One group commit's place in the `fdatasync` chain.
@@ -328,6 +331,7 @@ impl Log {
             io_lock: Semaphore::new(1),
             observer: RefCell::new(None),
             sync_tail: RefCell::new(None),
+            stop_on_write_error: std::cell::Cell::new(false),
         });
         match recovered.truncate_marker {
             Some(Marker::Offset(cut)) => {
@@ -530,6 +534,15 @@ impl Log {
                 format::encode_records_body(base, count, body, meta)
             })
             .await
+    }
+
+    /// Makes a failed write stop the log (every later append fails with
+    /// [`Error::Stopped`] until it is reopened), as a failed `fdatasync` does, instead of
+    /// handing the failed batches' offsets out again. A Raft log needs this: the entries
+    /// after a failed one must never take its place (a hole in the Raft log); the Raft store
+    /// sets it.
+    pub fn stop_on_write_error(&self) {
+        self.shared.stop_on_write_error.set(true);
     }
 
     /// Queues a control batch (no records, no offset); the ticket resolves once durable.
@@ -889,6 +902,14 @@ impl Shared {
             }
             let queued: Vec<Pending> = {
                 let mut st = self.state.borrow_mut();
+                if self.stop_on_write_error.get() && st.stopped.is_none() {
+                    let reason = format!("a write failed: {e}");
+                    log::error!(
+                        "{}: {reason}; this Raft log stops taking writes until it is reopened",
+                        self.dir.display()
+                    );
+                    st.stopped = Some(reason);
+                }
                 st.queue_bytes = 0;
                 st.next_offset = st.written_next;
                 st.queue.drain(..).collect()
