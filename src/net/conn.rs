@@ -596,6 +596,15 @@ impl Connection {
         let mut headers = Vec::with_capacity(req.batches.len());
         for (i, batch) in req.batches.iter().enumerate() {
             match crate::storage::format::validate_batch(batch) {
+                Ok(header) if header.length as usize != batch.len() => {
+                    return Err(format!(
+                        "snapshot chunk {} of partition {partition}: batch {i} is {} bytes, \
+                         its header says {}: each element must be exactly one batch",
+                        req.chunk_index,
+                        batch.len(),
+                        header.length
+                    ));
+                }
                 Ok(header) => headers.push(header),
                 Err(e) => {
                     return Err(format!(
@@ -806,9 +815,21 @@ impl Connection {
         let Some(group) = self.admin_group(corr, req.partition, &mut permit) else {
             return;
         };
-        if req.node_id == 0 || req.addr.is_empty() {
-            let err = errors::bad_request("join needs a node_id ≥ 1 and an addr");
-            self.send_error(corr, err, permit);
+        // Checked here, before the group sees it: a learner at an address that cannot be
+        // dialled would join the membership for good and the join would wait for it forever.
+        let invalid = if req.node_id == 0 {
+            Some("join needs a node_id ≥ 1, got 0".to_string())
+        } else if !is_host_port(&req.addr) {
+            Some(format!(
+                "join needs the node's addr as HOST:PORT (an IP address or a DNS name, and a \
+                 port 1-65535), got {:?}",
+                req.addr
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = invalid {
+            self.send_error(corr, errors::bad_request(message), permit);
             return;
         }
         let rf = self
@@ -845,6 +866,11 @@ impl Connection {
         let Some(group) = self.admin_group(corr, req.partition, &mut permit) else {
             return;
         };
+        if req.node_id == 0 {
+            let err = errors::bad_request("leave needs a node_id ≥ 1, got 0");
+            self.send_error(corr, err, permit);
+            return;
+        }
         // A leader that is asked to remove itself hands leadership off first; the client
         // follows NOT_LEADER to the new leader, which removes it.
         if req.node_id == group.node_id && group.is_leader() {
@@ -1279,4 +1305,49 @@ fn servers_from_partitions(infos: &[crate::proto::PartitionInfo]) -> Vec<Server>
         }
     }
     servers.into_values().collect()
+}
+
+/// Whether a Join's `addr` is `HOST:PORT` as the other nodes dial it (src/raft/network.rs):
+/// an IP address (IPv6 in brackets) or a DNS name, and a port 1-65535.
+fn is_host_port(addr: &str) -> bool {
+    if let Ok(socket_addr) = addr.parse::<std::net::SocketAddr>() {
+        return socket_addr.port() != 0;
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    matches!(port.parse::<u16>(), Ok(p) if p != 0)
+        && host.parse::<std::net::IpAddr>().is_err()
+        && rustls_pki_types::DnsName::try_from(host).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_port;
+
+    #[test]
+    fn a_join_addr_is_an_ip_or_dns_name_and_a_nonzero_port() {
+        for good in [
+            "127.0.0.1:7400",
+            "[::1]:7400",
+            "localhost:7400",
+            "node-3.corelog.internal:65535",
+        ] {
+            assert!(is_host_port(good), "{good}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "::1:7400",
+            ":7400",
+            "host:",
+            "host:port",
+            "host:65536",
+            "bad host:7400",
+            " localhost:7400",
+        ] {
+            assert!(!is_host_port(bad), "{bad:?}");
+        }
+    }
 }

@@ -809,3 +809,37 @@ impl std::ops::DerefMut for TestNode {
         &mut self.node
     }
 }
+
+impl RawConn {
+    /// Like [`RawConn::open`], with preamble kind `kind`: [`ConnKind::Peer`] opens a peer
+    /// connection, as another node's Raft transport does (only peer frames are accepted on it).
+    pub fn open_kind(
+        addr: SocketAddr,
+        kind: ConnKind,
+        core: u16,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Self> {
+        let mut sock = tcp(addr);
+        sock.write_all(&Preamble::new(kind, core).encode())?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        let mut conn = ClientConnection::new(tls, name).map_err(io::Error::other)?;
+        for _ in 0..100 {
+            if !conn.is_handshaking() {
+                break;
+            }
+            match conn.complete_io(&mut sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if conn.is_handshaking() {
+            return Err(io::Error::other("TLS handshake did not finish"));
+        }
+        Ok(RawConn {
+            stream: StreamOwned::new(conn, sock),
+            decoder: FrameDecoder::default(),
+            buf: BytesMut::new(),
+        })
+    }
+}
