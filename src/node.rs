@@ -341,6 +341,7 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
         tls,
         node.config.frame_bytes_max as usize,
     );
+    *shard.peer_pool.borrow_mut() = Some(pool.clone());
     let config = raft_config(replication.timing)?;
     for (p, log) in &shard.logs {
         let network = PeerNetworkFactory {

@@ -125,6 +125,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
         finished: Cell::new(false),
         subscriptions: RefCell::new(HashMap::new()),
         snapshots: RefCell::new(HashMap::new()),
+        peer_node: Cell::new(None),
     });
     shard.connections.set(shard.connections.get() + 1);
     let peer = kind == ConnKind::Peer;
@@ -151,6 +152,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
     shard.connections.set(shard.connections.get() - 1);
     if peer {
         shard.peer_connections.set(shard.peer_connections.get() - 1);
+        if let Some(node) = conn.peer_node.get()
+            && shard.peer_liveness.closed(node)
+        {
+            shard.peer_gone(node);
+        }
     }
     shard.stats.connection_closed();
     shard.connection_closed.notify();
@@ -179,6 +185,9 @@ struct Connection {
     subscriptions: RefCell<HashMap<u32, Rc<Subscription>>>,
     /// Snapshot transfers in progress on this (peer) connection, by partition.
     snapshots: RefCell<HashMap<u32, SnapshotAssembly>>,
+    /// Peer connections: the node whose requests this connection carries (the `from_node` of
+    /// its first request), counted in the core's `peer_liveness` while it is open.
+    peer_node: Cell<Option<u64>>,
 }
 
 /// The chunks of one snapshot transfer received so far.
@@ -354,6 +363,19 @@ impl Connection {
             self.send_error(corr, err, Some(permit));
             return;
         }
+        let from_node = match &request {
+            Request::RaftAppend(r) => Some(r.from_node),
+            Request::RaftVote(r) => Some(r.from_node),
+            Request::RaftSnapshot(r) => Some(r.from_node),
+            Request::RaftTransferLeader(r) => Some(r.from_node),
+            _ => None,
+        };
+        if let Some(node) = from_node
+            && self.peer_node.get().is_none()
+        {
+            self.peer_node.set(Some(node));
+            self.shard.peer_liveness.opened(node);
+        }
         match request {
             Request::RaftAppend(req) => self.raft_append(corr, req, permit),
             Request::RaftVote(req) => self.raft_vote(corr, req, permit),
@@ -462,10 +484,19 @@ impl Connection {
         let Some(raft) = self.raft_group(corr, partition, &mut permit) else {
             return;
         };
-        let (rpc, pre_vote) = match wire::decode_vote_request(req) {
+        let (mut rpc, pre_vote) = match wire::decode_vote_request(req) {
             Ok(decoded) => decoded,
             Err(e) => return self.bad_peer_body(corr, &e, permit),
         };
+        // Our leader's process is gone (src/raft/liveness.rs): its lease protects nothing.
+        if !pre_vote && !rpc.leadership_transfer && self.shard.leader_gone(Partition(partition)) {
+            log::info!(
+                "partition {partition}: vote for node {} counts as a takeover: the leader \
+                 closed every peer connection",
+                rpc.vote.leader_id.voted_for
+            );
+            rpc.leadership_transfer = true;
+        }
         glommio::spawn_local(async move {
             let answer = if pre_vote {
                 raft.pre_vote(rpc).await

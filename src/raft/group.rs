@@ -105,6 +105,8 @@ pub struct Group {
     pub raft: Raft,
     pub store: LogStore,
     pub sm: StateMachine,
+    /// Elections started by [`Group::take_over`].
+    takeover_elections: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
 impl Group {
@@ -131,6 +133,7 @@ impl Group {
             raft,
             store,
             sm,
+            takeover_elections: Default::default(),
         })
     }
 
@@ -342,6 +345,80 @@ impl Group {
         Some(self.is_leader())
     }
 
+    /// Takes over from `gone`, the leader whose every peer connection to this core closed
+    /// (src/raft/liveness.rs). A voter waits two heartbeats (a live leader that only
+    /// redialled shows up again), then asks the other voters for their last log id (a
+    /// Pre-Vote, which changes nothing on them) and starts an election only if no reachable
+    /// voter's log is ahead of its own (ties: the lowest node id) — so exactly the voter that
+    /// can win runs, and no term is spent on one that cannot. If it does not (or nothing
+    /// happens), openraft's election timers still decide, as they would without this.
+    pub async fn take_over(
+        &self,
+        gone: NodeId,
+        timing: RaftTiming,
+        pool: &std::rc::Rc<crate::raft::network::PeerPool>,
+        gone_for: impl Fn() -> Option<Duration>,
+    ) {
+        let (nodes, voters) = self.members();
+        if !voters.contains(&self.node_id) || !voters.contains(&gone) {
+            return;
+        }
+        crate::io::sleep(Duration::from_millis(timing.heartbeat_ms * 2)).await;
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(gone) || gone_for().is_none() {
+            return;
+        }
+        let mine = self.store.last_log_id();
+        let probe = openraft::raft::VoteRequest::new(
+            openraft::impls::Vote::new(term + 1, self.node_id),
+            mine,
+        );
+        let ttl = Duration::from_millis(timing.election_min_ms);
+        let others: Vec<(NodeId, String)> = voters
+            .iter()
+            .filter(|v| **v != gone && **v != self.node_id)
+            .filter_map(|v| nodes.get(v).map(|addr| (*v, addr.clone())))
+            .collect();
+        let answers = futures::future::join_all(others.iter().map(|(id, addr)| {
+            pool.probe_last_log_id(self.partition, *id, addr, probe.clone(), ttl)
+        }))
+        .await;
+        for ((id, _), answer) in others.iter().zip(answers) {
+            match answer {
+                Ok(theirs) if theirs > mine || (theirs == mine && *id < self.node_id) => {
+                    log::info!(
+                        "partition {}: leader {gone} is gone; node {id} is at least as up to \
+                         date as this one ({theirs:?} vs {mine:?}) and runs the election",
+                        self.partition
+                    );
+                    return;
+                }
+                Ok(_) => {}
+                // It cannot vote for anyone now; the election needs the others.
+                Err(e) => log::info!("partition {}: probing node {id}: {e}", self.partition),
+            }
+        }
+        let now = self.raft.metrics().borrow_watched().current_leader;
+        if now != Some(gone) || gone_for().is_none() {
+            return;
+        }
+        log::info!(
+            "partition {}: leader {gone} closed every peer connection; node {} starts an \
+             election",
+            self.partition,
+            self.node_id
+        );
+        self.takeover_elections
+            .set(self.takeover_elections.get() + 1);
+        if let Err(e) = self.raft.trigger().elect(false).await {
+            log::warn!("partition {}: election: {e}", self.partition);
+        }
+    }
+
     /// Applies size/age retention through Raft: segments wholly below both the limits and the
     /// applied index are covered by a (lazy) snapshot, purged from the Raft log, then removed.
     /// A follower that later needs them is sent the retained segments instead. Returns how
@@ -429,6 +506,7 @@ impl Group {
                     committed_index: m.local_committed.map_or(0, |c| c.index),
                     applied_index: m.last_applied.map_or(0, |a| a.index),
                     leader_changes,
+                    takeover_elections: self.takeover_elections.get(),
                     follower_lag,
                 }
             };

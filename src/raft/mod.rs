@@ -1,6 +1,7 @@
 //! Replication: one openraft group per partition (see DESIGN.md §3).
 
 pub mod group;
+pub mod liveness;
 pub mod network;
 pub mod rt;
 pub mod store;

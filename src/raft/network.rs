@@ -159,6 +159,32 @@ impl PeerPool {
     }
 }
 
+impl PeerPool {
+    /// Asks node `target` (at `addr`) for its last log id in `partition`'s group, with a
+    /// Pre-Vote that changes nothing there: `Ok(None)` when its log is empty. Used to find the
+    /// most up-to-date voter after a leader is gone (src/raft/liveness.rs).
+    pub async fn probe_last_log_id(
+        self: &Rc<Self>,
+        partition: Partition,
+        target: NodeId,
+        addr: &str,
+        probe: VoteRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<Option<crate::raft::types::LogId>, String> {
+        let network = PeerNetwork {
+            peer: self.peer(addr),
+            pool: self.clone(),
+            partition,
+            target,
+        };
+        network
+            .send_vote(probe, RPCOption::new(ttl), true)
+            .await
+            .map(|resp| resp.last_log_id)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Makes the network clients of one Raft group.
 pub struct PeerNetworkFactory {
     pub pool: Rc<PeerPool>,

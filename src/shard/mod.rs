@@ -108,6 +108,10 @@ pub struct Shard {
     pub raft_groups: RefCell<HashMap<Partition, crate::raft::types::Raft>>,
     /// Replicated nodes: the Raft group of each partition this core owns.
     pub groups: RefCell<BTreeMap<Partition, crate::raft::group::Group>>,
+    /// Replicated nodes: this core's connections to its peers, shared by its groups.
+    pub peer_pool: RefCell<Option<Rc<crate::raft::network::PeerPool>>>,
+    /// Which nodes have peer connections open to this core (fast failover).
+    pub peer_liveness: crate::raft::liveness::PeerLiveness,
 }
 
 impl Shard {
@@ -133,7 +137,54 @@ impl Shard {
             records_served: Cell::new(0),
             raft_groups: RefCell::new(HashMap::new()),
             groups: RefCell::new(BTreeMap::new()),
+            peer_pool: RefCell::new(None),
+            peer_liveness: Default::default(),
         }
+    }
+
+    /// The last peer connection from `node` to this core closed: each group of this core that
+    /// `node` led may take over from it (src/raft/liveness.rs).
+    pub fn peer_gone(self: &Rc<Self>, node: crate::raft::types::NodeId) {
+        let Some(replication) = &self.node.config.replication else {
+            return;
+        };
+        let Some(pool) = self.peer_pool.borrow().clone() else {
+            return;
+        };
+        if node == self.node.config.node_id {
+            return;
+        }
+        let timing = replication.timing;
+        for group in self.groups.borrow().values() {
+            if group.leader().map(|(id, _)| id) != Some(node) {
+                continue;
+            }
+            let (group, shard, pool) = (group.clone(), self.clone(), pool.clone());
+            glommio::spawn_local(async move {
+                group
+                    .take_over(node, timing, &pool, || shard.peer_liveness.gone_for(node))
+                    .await;
+            })
+            .detach();
+        }
+    }
+
+    /// Whether a vote request for partition `p` may be granted although this node still
+    /// holds its leader's lease: the leader closed every peer connection to this core at
+    /// least `heartbeat_ms` ago and opened none since (src/raft/liveness.rs).
+    pub fn leader_gone(&self, p: Partition) -> bool {
+        let Some(replication) = &self.node.config.replication else {
+            return false;
+        };
+        let Some((leader, _)) = self.group(p).and_then(|g| g.leader()) else {
+            return false;
+        };
+        if leader == self.node.config.node_id {
+            return false;
+        }
+        self.peer_liveness.gone_for(leader).is_some_and(|gone| {
+            gone >= std::time::Duration::from_millis(replication.timing.heartbeat_ms)
+        })
     }
 
     /// Applies the testing-only `--inject-fault` to records about to be served.

@@ -130,6 +130,9 @@ pub struct RaftState {
     /// How many times the known leader changed on this node since start (a count: Prometheus
     /// computes the rate).
     pub leader_changes: u64,
+    /// Elections this node started because the leader closed every peer connection to it
+    /// (its process is gone: src/raft/liveness.rs) instead of waiting out the leader lease.
+    pub takeover_elections: u64,
     /// Follower node id → how many entries it is behind the leader's `last_log_index`. Only
     /// the leader knows this; empty on followers.
     pub follower_lag: BTreeMap<u64, u64>,
@@ -440,6 +443,7 @@ mod tests {
             committed_index: 38,
             applied_index: 37,
             leader_changes: 2,
+            takeover_elections: 1,
             follower_lag: BTreeMap::from([(2, 0), (3, 5)]),
         };
         stats.set_raft_state(Partition(4), state.clone());

@@ -16,7 +16,8 @@
 //!   "partitions":  {"0": {"bytes_in", "records_in", "bytes_out", "records_out"}, …},
 //!   "totals":      {"bytes_in", "records_in", "bytes_out", "records_out"},
 //!   "raft":        {"0": {"is_leader", "term", "leader", "last_log_index", "committed_index",
-//!                         "applied_index", "leader_changes", "follower_lag": {"<node>": n}}, …},
+//!                         "applied_index", "leader_changes", "takeover_elections",
+//!                         "follower_lag": {"<node>": n}}, …},
 //!   "errors":      {"<kind>": count, …},
 //!   "connections": {"opened", "closed", "open"},
 //!   "bad_preambles": n,
@@ -323,6 +324,7 @@ mod tests {
                 committed_index: 118,
                 applied_index: 117,
                 leader_changes: 3,
+                takeover_elections: 1,
                 follower_lag: BTreeMap::from([(2, 0), (3, 15)]),
             },
         );
@@ -346,6 +348,7 @@ mod tests {
                 "committed_index": 118,
                 "applied_index": 117,
                 "leader_changes": 3,
+                "takeover_elections": 1,
                 "follower_lag": {"2": 0, "3": 15}
             })
         );

@@ -284,6 +284,7 @@ mod tests {
             committed_index: last_log_index,
             applied_index: last_log_index,
             leader_changes: term,
+            takeover_elections: 0,
             follower_lag: if is_leader {
                 BTreeMap::from([(2, 0), (3, 7)])
             } else {

@@ -14,6 +14,7 @@
 //! | `corelog_records_in_total`, `corelog_records_out_total` | counter | `partition` |
 //! | `corelog_raft_is_leader` (1 or 0), `corelog_raft_term` | gauge | `partition` |
 //! | `corelog_raft_leader_changes_total` | counter | `partition` |
+//! | `corelog_raft_takeover_elections_total` | counter | `partition` |
 //! | `corelog_raft_last_log_index`, `corelog_raft_commit_index`, `corelog_raft_applied_index` | gauge | `partition` |
 //! | `corelog_raft_follower_lag_entries` | gauge | `partition`, `follower` (a Raft node id) |
 //! | `corelog_errors_total` | counter | `kind` |
@@ -284,6 +285,12 @@ fn raft_families(stats: &NodeStats) -> Vec<Family> {
             MetricType::Counter,
         ),
         Family::new(
+            "corelog_raft_takeover_elections",
+            "Elections this node started because the partition's leader closed every peer \
+             connection (its process is gone), without waiting out the leader lease.",
+            MetricType::Counter,
+        ),
+        Family::new(
             "corelog_raft_last_log_index",
             "Index of the last entry in this node's Raft log of the partition.",
             MetricType::Gauge,
@@ -309,6 +316,7 @@ fn raft_families(stats: &NodeStats) -> Vec<Family> {
             Value::Gauge(u64::from(state.is_leader)),
             Value::Gauge(state.term),
             Value::Counter(state.leader_changes),
+            Value::Counter(state.takeover_elections),
             Value::Gauge(state.last_log_index),
             Value::Gauge(state.committed_index),
             Value::Gauge(state.applied_index),
@@ -400,6 +408,7 @@ mod tests {
                 committed_index: 498,
                 applied_index: 497,
                 leader_changes: 2,
+                takeover_elections: 0,
                 follower_lag: BTreeMap::from([(2, 0), (3, 42)]),
             },
         );
@@ -413,6 +422,7 @@ mod tests {
                 committed_index: 90,
                 applied_index: 89,
                 leader_changes: 1,
+                takeover_elections: 1,
                 follower_lag: BTreeMap::new(),
             },
         );
@@ -670,6 +680,7 @@ mod tests {
             ("gauge", "corelog_raft_is_leader"),
             ("gauge", "corelog_raft_term"),
             ("counter", "corelog_raft_leader_changes_total"),
+            ("counter", "corelog_raft_takeover_elections_total"),
             ("gauge", "corelog_raft_last_log_index"),
             ("gauge", "corelog_raft_commit_index"),
             ("gauge", "corelog_raft_applied_index"),
@@ -688,6 +699,7 @@ mod tests {
             "corelog_raft_term{partition=\"1\"} 5",
             "corelog_raft_leader_changes_total{partition=\"0\"} 2",
             "corelog_raft_leader_changes_total{partition=\"1\"} 1",
+            "corelog_raft_takeover_elections_total{partition=\"1\"} 1",
             "corelog_raft_last_log_index{partition=\"0\"} 500",
             "corelog_raft_commit_index{partition=\"0\"} 498",
             "corelog_raft_applied_index{partition=\"0\"} 497",
