@@ -12,21 +12,16 @@ mod common;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::rc::Rc;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::node::{NodeProcess, free_port, run_cli};
+use common::cluster::{CONVERGE, Cluster, agreed_leader, start_cluster};
 use common::proxy::Proxy;
 use corelog::client::cluster::ClusterClient;
 use corelog::client::{Client, ClientConfig};
 
 const PARTITIONS: u32 = 2;
-/// How long a cluster may take to form or converge.
-const CONVERGE: Duration = Duration::from_secs(60);
 /// How long a partition may go without a leader after its leader died: followers wait out
 /// the leader lease (openraft: the 500 ms election timeout maximum) and a 250-500 ms election
 /// timeout, then vote; the rest is slack for oversubscribed debug builds.
@@ -41,330 +36,12 @@ const PRODUCE_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 /// What was acknowledged: partition → offset → value.
 type Acked = BTreeMap<u32, BTreeMap<u64, Bytes>>;
 
-/// One cluster at a time: three or four debug-build nodes already oversubscribe this
-/// machine's cores, and two clusters at once would turn every timeout into a coin toss.
-static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A test cluster: nodes `1..=n` with data under one test directory and one shared CA.
-/// Node 1 bootstraps (`--cluster`), the others join it. A node keeps its port and data
-/// directory across restarts.
-struct Cluster {
-    dir: PathBuf,
-    tls: PathBuf,
-    ports: BTreeMap<u64, u16>,
-    nodes: BTreeMap<u64, NodeProcess>,
-    /// Nodes that were stopped, kept for their stderr (printed if the test fails).
-    stopped: Vec<NodeProcess>,
-    /// With proxies: each node advertises its proxy, so peers reach it only through it.
-    proxies: Option<BTreeMap<u64, Proxy>>,
-    replication_factor: u64,
-    /// Held for the cluster's life (declared last: dropped after the nodes are killed).
-    _one_at_a_time: MutexGuard<'static, ()>,
-}
-
-impl Cluster {
-    fn new(name: &str) -> Cluster {
-        // A test that failed while holding the lock poisons it; the next one may still run.
-        let one_at_a_time = ONE_CLUSTER_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let dir = common::test_dir(name);
-        let tls = dir.join("tls");
-        let out = run_cli(
-            &[
-                "certs",
-                "--out",
-                tls.to_str().unwrap(),
-                "--node",
-                "node",
-                "--client",
-                "client",
-            ],
-            None,
-            "",
-        );
-        assert!(out.status.success(), "corelog certs: {out:?}");
-        Cluster {
-            dir,
-            tls,
-            ports: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            stopped: Vec::new(),
-            proxies: None,
-            replication_factor: 3,
-            _one_at_a_time: one_at_a_time,
-        }
-    }
-
-    /// Peer traffic goes through a [`Proxy`] per node (set before starting nodes).
-    fn with_proxies(mut self) -> Cluster {
-        self.proxies = Some(BTreeMap::new());
-        self
-    }
-
-    /// `--replication-factor` of every node.
-    fn with_replication_factor(mut self, n: u64) -> Cluster {
-        self.replication_factor = n;
-        self
-    }
-
-    /// Where node `id` listens (clients of the test connect here, past any proxy).
-    fn addr(&self, id: u64) -> SocketAddr {
-        format!("127.0.0.1:{}", self.ports[&id]).parse().unwrap()
-    }
-
-    /// Where peers reach node `id`: its proxy, or where it listens.
-    fn advertised(&self, id: u64) -> SocketAddr {
-        match &self.proxies {
-            Some(proxies) => proxies[&id].addr(),
-            None => self.addr(id),
-        }
-    }
-
-    fn pid(&self, id: u64) -> u32 {
-        self.nodes[&id].pid()
-    }
-
-    /// The running nodes.
-    fn ids(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
-    }
-
-    /// Starts node `id`, or restarts it on the same port and data directory: the first
-    /// bootstraps (`--cluster`), the others join node 1.
-    fn start(&mut self, id: u64) {
-        assert!(!self.nodes.contains_key(&id), "node {id} is running");
-        let port = *self.ports.entry(id).or_insert_with(free_port);
-        if let Some(proxies) = &mut self.proxies {
-            let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            proxies.entry(id).or_insert_with(|| Proxy::start(target));
-        }
-        let data = self.dir.join(format!("n{id}"));
-        let listen = format!("127.0.0.1:{port}");
-        let advertise = self.advertised(id).to_string();
-        let cpu = ((id - 1) % 2).to_string();
-        let id_s = id.to_string();
-        let rf = self.replication_factor.to_string();
-        let join = (id != 1).then(|| self.addr(1).to_string());
-        let mut args = vec![
-            "--tls-dir",
-            self.tls.to_str().unwrap(),
-            "--tls-name",
-            "node",
-            "--node-id",
-            &id_s,
-            "--cpuset",
-            &cpu,
-            "--partitions",
-            "2",
-            "--listen",
-            &listen,
-            "--advertise",
-            &advertise,
-            "--replication-factor",
-            &rf,
-        ];
-        match &join {
-            Some(addr) => args.extend(["--join", addr.as_str()]),
-            None => args.push("--cluster"),
-        }
-        let node = NodeProcess::start(&data, &args);
-        self.nodes.insert(id, node);
-    }
-
-    /// kill -9 node `id`; returns when the process is gone.
-    fn kill9(&mut self, id: u64) {
-        let mut node = self.nodes.remove(&id).expect("a running node");
-        node.kill9();
-        self.stopped.push(node);
-    }
-
-    /// Sends SIGTERM to node `id` without waiting; [`Cluster::wait_stopped`] reaps it.
-    fn send_sigterm(&mut self, id: u64) {
-        let node = self.nodes.remove(&id).expect("a running node");
-        node.send_sigterm();
-        self.stopped.push(node);
-    }
-
-    /// Waits for the stopped node with process id `pid` to exit.
-    fn wait_stopped(&mut self, pid: u32) -> ExitStatus {
-        let node = self
-            .stopped
-            .iter_mut()
-            .find(|n| n.pid() == pid)
-            .expect("a stopped node");
-        node.wait_exit()
-    }
-
-    /// A client that knows every running node.
-    fn client(&self) -> ClusterClient {
-        self.client_of(&self.ids())
-    }
-
-    /// A client that knows only nodes `ids` (until leaders it is pointed to add themselves).
-    fn client_of(&self, ids: &[u64]) -> ClusterClient {
-        self.client_as(ids, "client")
-    }
-
-    /// A client presenting certificate `name` (`node` may change membership: admin).
-    fn client_as(&self, ids: &[u64], name: &str) -> ClusterClient {
-        let config = ClientConfig::new(self.addr(ids[0]), &self.tls, name).unwrap();
-        let client = ClusterClient::new(config);
-        client.add_seeds(ids.iter().map(|id| self.addr(*id)));
-        client
-    }
-
-    /// Waits until every partition has exactly `voters` as its voters, with no membership
-    /// change in flight.
-    ///
-    /// GetServers counts a node as a voter as soon as the joint configuration that adds it is
-    /// appended (openraft's voter ids are the union of the joint configs), so seeing every
-    /// voter does not mean the change is over: were node 1 killed while partition P is at
-    /// `[{1, 2}, {1, 2, 3}]`, P could never elect a leader again (the old config has no majority
-    /// left). Join is idempotent and answers only when no other change is in flight, committing
-    /// a configuration that is not joint: sending it again for the newest voter is the barrier.
-    fn wait_for_voters(&self, voters: &[u64]) {
-        let client = self.client();
-        let admin = self.client_as(&self.ids(), "node");
-        let newest = *voters.last().expect("at least one voter");
-        let newest_addr = self.advertised(newest).to_string();
-        let want: Vec<String> = voters.iter().map(|v| v.to_string()).collect();
-        common::run(|| async move {
-            let deadline = Instant::now() + CONVERGE;
-            wait_for_voter_set(&client, &want, deadline).await;
-            for p in 0..PARTITIONS {
-                loop {
-                    match admin.join(p, newest, &newest_addr).await {
-                        Ok(r) => {
-                            assert!(r.voter, "p{p}: node {newest} is not a voter: {r:?}");
-                            break;
-                        }
-                        Err(e) => assert!(
-                            Instant::now() < deadline,
-                            "p{p}: the membership change never settled: {e}"
-                        ),
-                    }
-                    corelog::io::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            // Still the same voters (a join cannot have changed them: it only adds).
-            wait_for_voter_set(&client, &want, deadline).await;
-        });
-    }
-
-    /// Waits until nodes `ask` all name the same leader of `partition`, one other than
-    /// `not`, and returns it.
-    fn wait_for_leader(&self, partition: u32, ask: &[u64], not: Option<u64>) -> u64 {
-        let client = self.client_of(ask);
-        let addrs: Vec<SocketAddr> = ask.iter().map(|id| self.addr(*id)).collect();
-        common::run(|| async move {
-            agreed_leader(&client, &addrs, partition, not, CONVERGE)
-                .await
-                .unwrap_or_else(|views| {
-                    panic!(
-                        "nodes {ask:?} never agreed on a leader of p{partition} other than \
-                         {not:?}: {views}"
-                    )
-                })
-        })
-    }
-
-    /// Cuts node `id` off from its peers: its proxy refuses everything, and the other proxies
-    /// refuse what it dials. Clients of the test still reach it at its listen address.
-    fn isolate(&self, id: u64) {
-        let proxies = self.proxies.as_ref().expect("a cluster with proxies");
-        proxies[&id].cut();
-        let pid = self.pid(id);
-        for (other, proxy) in proxies {
-            if *other != id {
-                proxy.refuse_from(pid);
-            }
-        }
-    }
-
-    /// Ends every cut.
-    fn heal(&self) {
-        for proxy in self
-            .proxies
-            .as_ref()
-            .expect("a cluster with proxies")
-            .values()
-        {
-            proxy.heal();
-        }
-    }
-}
-
-/// Waits until every partition has exactly voters `want` (ids, ascending), as the client's
-/// first reachable seed sees them.
-async fn wait_for_voter_set(client: &ClusterClient, want: &[String], deadline: Instant) {
-    loop {
-        let mut last = String::new();
-        if let Ok(servers) = client.get_servers().await {
-            let ok = (0..PARTITIONS).all(|p| {
-                let mut have: Vec<String> = servers
-                    .servers
-                    .iter()
-                    .filter(|s| s.partitions_voter.contains(&p))
-                    .map(|s| s.id.clone())
-                    .collect();
-                have.sort();
-                have == want
-            });
-            if ok {
-                return;
-            }
-            last = format!("{servers:?}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "voters never became {want:?}; last servers: {last}"
-        );
-        corelog::io::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The leader of `partition` that every node at `addrs` names, once they agree and it is not
-/// `not`; `Err` (what each node said last) when they do not within `timeout`.
-async fn agreed_leader(
-    client: &ClusterClient,
-    addrs: &[SocketAddr],
-    partition: u32,
-    not: Option<u64>,
-    timeout: Duration,
-) -> Result<u64, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut views = Vec::with_capacity(addrs.len());
-        for addr in addrs {
-            views.push(leader_seen_by(client, *addr, partition).await);
-        }
-        if let Some(Ok(Some(first))) = views.first()
-            && views.iter().all(|v| matches!(v, Ok(Some(l)) if l == first))
-            && Some(*first) != not
-        {
-            return Ok(*first);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("{views:?}"));
-        }
-        corelog::io::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The leader of `partition` as the node at `addr` sees it.
-async fn leader_seen_by(
-    client: &ClusterClient,
-    addr: SocketAddr,
-    partition: u32,
-) -> Result<Option<u64>, String> {
-    let node = client.node(addr).await.map_err(|e| e.to_string())?;
-    let servers = node.get_servers().await.map_err(|e| e.to_string())?;
-    Ok(servers
-        .servers
-        .iter()
-        .find(|s| s.partitions_led.contains(&partition))
-        .map(|s| s.id.parse().expect("numeric node ids")))
+/// A cluster of [`PARTITIONS`] partitions whose nodes advertise their address and replicate
+/// every partition to 3 nodes (`--replication-factor 3`).
+fn new_cluster(name: &str) -> Cluster {
+    Cluster::new(name, PARTITIONS)
+        .with_advertise()
+        .with_replication_factor(3)
 }
 
 /// Records an acknowledgement: `values` sit at `base_offset`, `base_offset + 1`, ... No
@@ -669,10 +346,6 @@ fn assert_replicas_agree(
     })
 }
 
-fn remove_dir_on_success(dir: &Path) -> common::RemoveOnSuccess {
-    common::RemoveOnSuccess(dir.to_path_buf())
-}
-
 /// Seeds for a client that outlives node `victim`: the other nodes first, so that requests
 /// do not start at a dead node (each refused re-dial of it still fails a produce:
 /// `a_produce_after_its_leader_died_is_not_failed_by_a_refused_reconnect`).
@@ -682,22 +355,11 @@ fn survivors_first(ids: &[u64], victim: u64) -> Vec<u64> {
     seeds
 }
 
-/// Starts nodes `1..=n` and waits until all are voters of every partition.
-fn start_cluster(mut cluster: Cluster, n: u64) -> Cluster {
-    for id in 1..=n {
-        cluster.start(id);
-    }
-    let voters: Vec<u64> = (1..=n).collect();
-    cluster.wait_for_voters(&voters);
-    cluster
-}
-
 /// Three nodes: every partition elects a leader and all three become voters; 10,000
 /// acknowledged records read back from every node with the same offsets and bytes.
 #[test]
 fn three_nodes_replicate_every_acknowledged_record() {
-    let cluster = start_cluster(Cluster::new("cluster_three_nodes"), 3);
-    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let cluster = start_cluster(new_cluster("cluster_three_nodes"), 3);
     let client = cluster.client();
     let acked = produce(&client, "three", 50, 100);
     assert_eq!(acked.values().map(|m| m.len()).sum::<usize>(), 10_000);
@@ -711,8 +373,7 @@ fn three_nodes_replicate_every_acknowledged_record() {
 /// different records. Produces that failed during the failover may or may not be in the log.
 #[test]
 fn killing_the_leader_under_load_loses_no_acknowledged_record() {
-    let mut cluster = start_cluster(Cluster::new("cluster_kill_leader"), 3);
-    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let mut cluster = start_cluster(new_cluster("cluster_kill_leader"), 3);
     let all = cluster.ids();
     let leader = cluster.wait_for_leader(0, &all, None);
     let client = Rc::new(cluster.client());
@@ -749,6 +410,21 @@ fn killing_the_leader_under_load_loses_no_acknowledged_record() {
         load.failures()
     );
     let mut acked = load.acked.take();
+    // The survivors noticed that the leader's process was gone (its peer connections closed)
+    // and one of them started an election at once instead of waiting out the leader lease
+    // (src/raft/liveness.rs); each reports it on /stats.
+    let takeovers: u64 = survivors
+        .iter()
+        .map(|id| {
+            cluster.node(*id).stats_json()["raft"]["0"]["takeover_elections"]
+                .as_u64()
+                .expect("takeover_elections on /stats")
+        })
+        .sum();
+    assert!(
+        takeovers >= 1,
+        "no survivor started a takeover election after the leader's kill -9"
+    );
 
     cluster.start(leader);
     // The restarted node takes part again: a new round of writes reaches all three.
@@ -766,8 +442,7 @@ fn killing_the_leader_under_load_loses_no_acknowledged_record() {
 /// named the leader that had just died: produces failed until the survivors stopped naming it.
 #[test]
 fn a_produce_is_not_stuck_on_a_dead_first_seed() {
-    let mut cluster = start_cluster(Cluster::new("cluster_dead_first_seed"), 3);
-    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let mut cluster = start_cluster(new_cluster("cluster_dead_first_seed"), 3);
     cluster.kill9(1);
     for p in 0..PARTITIONS {
         cluster.wait_for_leader(p, &[2, 3], Some(1));
@@ -789,8 +464,7 @@ fn a_produce_is_not_stuck_on_a_dead_first_seed() {
 /// produce ends as an outcome-unknown connection error instead of moving on to the next node.
 #[test]
 fn a_produce_after_its_leader_died_is_not_failed_by_a_refused_reconnect() {
-    let mut cluster = start_cluster(Cluster::new("cluster_refused_reconnect"), 3);
-    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let mut cluster = start_cluster(new_cluster("cluster_refused_reconnect"), 3);
     let leader = cluster.wait_for_leader(0, &cluster.ids(), None);
     let client = cluster.client();
     common::run(|| async {
@@ -821,10 +495,9 @@ fn a_produce_after_its_leader_died_is_not_failed_by_a_refused_reconnect() {
 #[test]
 fn a_joining_node_becomes_a_voter_and_a_node_that_left_gets_no_new_records() {
     let mut cluster = start_cluster(
-        Cluster::new("cluster_join_leave").with_replication_factor(4),
+        new_cluster("cluster_join_leave").with_replication_factor(4),
         3,
     );
-    let _cleanup = remove_dir_on_success(&cluster.dir);
     let mut acked = produce(&cluster.client(), "before-join", 10, 10);
 
     cluster.start(4);
@@ -948,16 +621,14 @@ fn node_roles_until_voter(cluster: &Cluster, id: u64) -> Vec<(Vec<u32>, Vec<u32>
 /// none of the writes the isolated node took while cut off survive anywhere.
 #[test]
 fn a_partitioned_leader_cannot_ack_writes_and_rejoins_with_the_majority_log() {
-    let cluster = start_cluster(Cluster::new("cluster_partition").with_proxies(), 3);
-    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let cluster = start_cluster(new_cluster("cluster_partition").with_proxies(), 3);
     let all = cluster.ids();
     let mut acked = produce(&cluster.client(), "before-cut", 10, 10);
     let old = cluster.wait_for_leader(0, &all, None);
     let majority: Vec<u64> = all.iter().copied().filter(|id| *id != old).collect();
-    let proxies = cluster.proxies.as_ref().unwrap();
     // The leader dials its followers at their advertised addresses: their proxies.
     assert!(
-        majority.iter().all(|id| proxies[id].forwarded() > 0),
+        majority.iter().all(|id| cluster.proxy(*id).forwarded() > 0),
         "peer traffic goes through the proxies"
     );
 
@@ -1039,8 +710,7 @@ fn error_kind(e: &corelog::client::ClientError) -> String {
 /// hand-off), exits 0, and no acknowledged record is lost; restarted, it holds them all too.
 #[test]
 fn sigterm_hands_leadership_off_and_loses_no_acknowledged_record() {
-    let mut cluster = start_cluster(Cluster::new("cluster_sigterm_leader"), 3);
-    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let mut cluster = start_cluster(new_cluster("cluster_sigterm_leader"), 3);
     let all = cluster.ids();
     let leader = cluster.wait_for_leader(0, &all, None);
     let others: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
@@ -1073,7 +743,7 @@ fn sigterm_hands_leadership_off_and_loses_no_acknowledged_record() {
         load.failed.borrow().first()
     );
     assert!(status.success(), "the stopped node exits 0: {status:?}");
-    let stderr = cluster.stopped.last().unwrap().stderr();
+    let stderr = cluster.last_stopped().stderr();
     assert!(
         !stderr.contains("still the leader after"),
         "the hand-off failed:\n{stderr}"
@@ -1092,8 +762,7 @@ fn sigterm_hands_leadership_off_and_loses_no_acknowledged_record() {
 /// shutdown fails them as outcome-unknown ("raft stopped").
 #[test]
 fn writes_in_flight_on_a_leader_stopped_by_sigterm_are_answered_promptly() {
-    let mut cluster = start_cluster(Cluster::new("cluster_sigterm_in_flight"), 3);
-    let _cleanup = remove_dir_on_success(&cluster.dir);
+    let mut cluster = start_cluster(new_cluster("cluster_sigterm_in_flight"), 3);
     let all = cluster.ids();
     // Whether a write is caught in flight depends on timing: a few rounds catch it with high
     // probability (about one round in five does on this machine).
@@ -1125,7 +794,7 @@ fn writes_in_flight_on_a_leader_stopped_by_sigterm_are_answered_promptly() {
             stranded.is_empty(),
             "round {round}: writes stranded on stopping node {leader}, answered after \
              {stopped_in:?}: {stranded:?}\n{}",
-            cluster.stopped.last().unwrap().stderr()
+            cluster.last_stopped().stderr()
         );
         cluster.start(leader);
         cluster.wait_for_voters(&all);

@@ -6,124 +6,46 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::node::{NodeProcess, free_port, run_cli};
+use common::cluster::Cluster;
+use common::node::{NodeProcess, run_cli};
 
 const PARTITIONS: u32 = 2;
 /// How long the cluster may take to form or to converge after a change.
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// Nodes `1..=n`, data under one test directory, one CA made by `corelog certs`.
-struct Cluster {
-    dir: PathBuf,
-    tls: PathBuf,
-    nodes: BTreeMap<u64, NodeProcess>,
+/// `corelog servers --json` as node `id` sees the cluster.
+fn servers_seen_by(cluster: &Cluster, id: u64) -> Servers {
+    let out = cluster.cli(&["servers"], id, &["--json"], "");
+    assert!(out.status.success(), "servers --json: {out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("servers --json is not JSON ({e}): {}", stdout(&out)));
+    Servers::from_json(&doc)
 }
 
-impl Cluster {
-    fn start(name: &str, n: u64) -> Cluster {
-        let dir = common::test_dir(name);
-        let tls = dir.join("tls");
-        let out = run_cli(
-            &[
-                "certs",
-                "--out",
-                tls.to_str().unwrap(),
-                "--node",
-                "node",
-                "--client",
-                "client",
-            ],
-            None,
-            "",
+/// Waits until node `id` sees exactly `voters` as every partition's voters, no learners,
+/// and a leader for every partition.
+fn wait_for_voters_seen_by(cluster: &Cluster, id: u64, voters: &[u64]) -> Servers {
+    let want: BTreeSet<u64> = voters.iter().copied().collect();
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let servers = servers_seen_by(cluster, id);
+        let settled = (0..PARTITIONS).all(|p| {
+            servers.voters_of(p) == want
+                && servers.learners_of(p).is_empty()
+                && servers.leader_of(p).is_some()
+        });
+        if settled {
+            return servers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never saw voters {want:?} with a leader for every partition; last: \
+             {servers:?}"
         );
-        assert!(out.status.success(), "corelog certs: {out:?}");
-        let mut cluster = Cluster {
-            dir,
-            tls,
-            nodes: BTreeMap::new(),
-        };
-        for id in 1..=n {
-            cluster.start_node(id);
-        }
-        cluster
-    }
-
-    /// Node 1 bootstraps the cluster; every other node joins through node 1.
-    fn start_node(&mut self, id: u64) {
-        let data = self.dir.join(format!("n{id}"));
-        let listen = format!("127.0.0.1:{}", free_port());
-        let cpu = ((id - 1) % 2).to_string();
-        let id_s = id.to_string();
-        let join = (id != 1).then(|| self.addr(1));
-        let mut args = vec![
-            "--tls-dir",
-            self.tls.to_str().unwrap(),
-            "--tls-name",
-            "node",
-            "--node-id",
-            &id_s,
-            "--cpuset",
-            &cpu,
-            "--partitions",
-            "2",
-            "--listen",
-            &listen,
-        ];
-        match &join {
-            Some(addr) => args.extend(["--join", addr.as_str()]),
-            None => args.push("--cluster"),
-        }
-        self.nodes.insert(id, NodeProcess::start(&data, &args));
-    }
-
-    fn addr(&self, id: u64) -> String {
-        self.nodes[&id].listen.to_string()
-    }
-
-    /// `corelog COMMAND --addr <node id> --tls-dir <the cluster's> EXTRA...`.
-    fn cli(&self, command: &[&str], id: u64, extra: &[&str], stdin: &str) -> Output {
-        let addr = self.addr(id);
-        let mut args: Vec<&str> = command.to_vec();
-        args.extend(["--addr", &addr, "--tls-dir", self.tls.to_str().unwrap()]);
-        args.extend_from_slice(extra);
-        run_cli(&args, None, stdin)
-    }
-
-    /// `corelog servers --json` as node `id` sees the cluster.
-    fn servers(&self, id: u64) -> Servers {
-        let out = self.cli(&["servers"], id, &["--json"], "");
-        assert!(out.status.success(), "servers --json: {out:?}");
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("servers --json is not JSON ({e}): {}", stdout(&out)));
-        Servers::from_json(&doc)
-    }
-
-    /// Waits until node `id` sees exactly `voters` as every partition's voters, no learners,
-    /// and a leader for every partition.
-    fn wait_for_voters(&self, id: u64, voters: &[u64]) -> Servers {
-        let want: BTreeSet<u64> = voters.iter().copied().collect();
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let servers = self.servers(id);
-            let settled = (0..PARTITIONS).all(|p| {
-                servers.voters_of(p) == want
-                    && servers.learners_of(p).is_empty()
-                    && servers.leader_of(p).is_some()
-            });
-            if settled {
-                return servers;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id} never saw voters {want:?} with a leader for every partition; last: \
-                 {servers:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -228,13 +150,17 @@ fn consumes_answered(node: &NodeProcess, p: u32) -> u64 {
 /// `cluster join` adds it back.
 #[test]
 fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
-    let cluster = Cluster::start("cluster_cli", 3);
-    let _cleanup = common::RemoveOnSuccess(cluster.dir.clone());
-    let servers = cluster.wait_for_voters(1, &[1, 2, 3]);
+    let mut cluster = Cluster::new("cluster_cli", PARTITIONS);
+    cluster.start_nodes(3);
+    let servers = wait_for_voters_seen_by(&cluster, 1, &[1, 2, 3]);
     assert_eq!(servers.version, 1);
     assert!(servers.replicated, "{servers:?}");
     for (id, row) in &servers.nodes {
-        assert_eq!(row.addr, cluster.addr(*id), "node {id}'s address");
+        assert_eq!(
+            row.addr,
+            cluster.addr(*id).to_string(),
+            "node {id}'s address"
+        );
     }
 
     // The table: a header, then `id address led voter learner` per node by id.
@@ -254,7 +180,7 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
     for (row, id) in rows.iter().zip(1u64..) {
         assert_eq!(row.len(), 5, "five columns, `-` for none:\n{text}");
         assert_eq!(row[0], id.to_string(), "ascending by id:\n{text}");
-        assert_eq!(row[1], cluster.addr(id), "{text}");
+        assert_eq!(row[1], cluster.addr(id).to_string(), "{text}");
         assert_eq!(row[3], "0,1", "node {id} votes in every partition:\n{text}");
         assert_eq!(row[4], "-", "no learners:\n{text}");
         if row[2] != "-" {
@@ -308,11 +234,13 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
     // happened.
     let mut checked = false;
     for _attempt in 0..3 {
-        let leader = cluster.wait_for_voters(1, &[1, 2, 3]).leader_of(0).unwrap();
+        let leader = wait_for_voters_seen_by(&cluster, 1, &[1, 2, 3])
+            .leader_of(0)
+            .unwrap();
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let before = (
-            consumes_answered(&cluster.nodes[&leader], 0),
-            consumes_answered(&cluster.nodes[&follower], 0),
+            consumes_answered(cluster.node(leader), 0),
+            consumes_answered(cluster.node(follower), 0),
         );
         let out = cluster.cli(
             &["consume"],
@@ -330,10 +258,10 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
         assert!(out.status.success(), "linearizable consume: {out:?}");
         assert_eq!(stdout(&out), "alpha\nbeta\ngamma\ndelta\n");
         let after = (
-            consumes_answered(&cluster.nodes[&leader], 0),
-            consumes_answered(&cluster.nodes[&follower], 0),
+            consumes_answered(cluster.node(leader), 0),
+            consumes_answered(cluster.node(follower), 0),
         );
-        if cluster.servers(1).leader_of(0) != Some(leader) {
+        if servers_seen_by(&cluster, 1).leader_of(0) != Some(leader) {
             continue;
         }
         assert!(after.0 > before.0, "the leader {leader} answered the read");
@@ -366,7 +294,11 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("admin"), "{}", stderr(&out));
-    assert_eq!(cluster.servers(1).voters_of(0).len(), 3, "nothing changed");
+    assert_eq!(
+        servers_seen_by(&cluster, 1).voters_of(0).len(),
+        3,
+        "nothing changed"
+    );
 
     // With the node certificate (the default for `cluster`), node 3 leaves every partition.
     let out = cluster.cli(&["cluster", "leave"], 1, &["--node-id", "3"], "");
@@ -375,11 +307,15 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
         stdout(&out),
         "partition 0: node 3 removed\npartition 1: node 3 removed\n"
     );
-    let servers = cluster.wait_for_voters(1, &[1, 2]);
+    let servers = wait_for_voters_seen_by(&cluster, 1, &[1, 2]);
     assert!(!servers.nodes.contains_key(&3), "{servers:?}");
     let out = cluster.cli(&["servers"], 1, &[], "");
     assert!(out.status.success(), "{out:?}");
-    assert!(!stdout(&out).contains(&cluster.addr(3)), "{}", stdout(&out));
+    assert!(
+        !stdout(&out).contains(&cluster.addr(3).to_string()),
+        "{}",
+        stdout(&out)
+    );
 
     // The cluster still takes writes through any remaining node.
     let out = cluster.cli(
@@ -405,7 +341,7 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
         stdout(&out),
         "partition 0: node 3 was not a member\npartition 1: node 3 was not a member\n"
     );
-    let addr3 = cluster.addr(3);
+    let addr3 = cluster.addr(3).to_string();
     let out = cluster.cli(
         &["cluster", "join"],
         2,
@@ -417,7 +353,7 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
         stdout(&out),
         "partition 0: node 3 added as a voter\npartition 1: node 3 added as a voter\n"
     );
-    cluster.wait_for_voters(1, &[1, 2, 3]);
+    wait_for_voters_seen_by(&cluster, 1, &[1, 2, 3]);
 }
 
 /// A standalone node: `servers --json` lists it alone, leading every partition, not

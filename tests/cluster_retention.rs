@@ -6,57 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::node::{NodeProcess, free_port, run_cli};
-use corelog::client::ClientConfig;
+use common::cluster::{CONVERGE, Cluster, wait_for_voter_set};
 use corelog::client::cluster::ClusterClient;
-
-const CONVERGE: Duration = Duration::from_secs(60);
-
-fn start(
-    dir: &std::path::Path,
-    tls: &std::path::Path,
-    id: u64,
-    port: u16,
-    join: Option<u16>,
-) -> NodeProcess {
-    let id_s = id.to_string();
-    let listen = format!("127.0.0.1:{port}");
-    let cpu = ((id - 1) % 2).to_string();
-    let join_addr = join.map(|p| format!("127.0.0.1:{p}"));
-    let mut args = vec![
-        "--tls-dir",
-        tls.to_str().unwrap(),
-        "--tls-name",
-        "node",
-        "--node-id",
-        &id_s,
-        "--cpuset",
-        &cpu,
-        "--partitions",
-        "1",
-        "--listen",
-        &listen,
-        "--segment-bytes",
-        "65536",
-        "--retention-bytes",
-        "262144",
-        "--retention-check-ms",
-        "200",
-    ];
-    match &join_addr {
-        Some(a) => args.extend(["--join", a.as_str()]),
-        None => args.push("--cluster"),
-    }
-    NodeProcess::start(&dir.join(format!("n{id}")), &args)
-}
-
-fn addr(port: u16) -> SocketAddr {
-    format!("127.0.0.1:{port}").parse().unwrap()
-}
 
 /// Reads everything `addr` holds of partition 0: (lowest offset, records). Retention may move
 /// the start while it reads: then it starts over.
@@ -88,54 +42,28 @@ async fn holdings(client: &ClusterClient, at: SocketAddr) -> (u64, Vec<(u64, Byt
 
 #[test]
 fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments() {
-    let dir = common::test_dir("cluster_retention");
-    let _cleanup = common::RemoveOnSuccess(dir.clone());
-    let tls: PathBuf = dir.join("tls");
-    let out = run_cli(
-        &[
-            "certs",
-            "--out",
-            tls.to_str().unwrap(),
-            "--node",
-            "node",
-            "--client",
-            "client",
-        ],
-        None,
-        "",
-    );
-    assert!(out.status.success(), "corelog certs: {out:?}");
-    let ports = [free_port(), free_port(), free_port()];
-    let _n1 = start(&dir, &tls, 1, ports[0], None);
-    let _n2 = start(&dir, &tls, 2, ports[1], Some(ports[0]));
-    let mut n3 = start(&dir, &tls, 3, ports[2], Some(ports[0]));
-    let config = ClientConfig::new(addr(ports[0]), &tls, "client").unwrap();
+    // One partition, 64 KiB segments, 256 KiB retention checked every 200 ms.
+    let mut cluster = Cluster::new("cluster_retention", 1).with_args(&[
+        "--segment-bytes",
+        "65536",
+        "--retention-bytes",
+        "262144",
+        "--retention-check-ms",
+        "200",
+    ]);
+    cluster.start_nodes(3);
     let value = |i: usize| Bytes::from(format!("{i:06}-{}", "x".repeat(1000)));
 
     // Three voters, some records everywhere.
-    let client = ClusterClient::new(config.clone());
-    client.add_seeds(ports.iter().map(|p| addr(*p)));
+    let client = cluster.client();
     common::run(|| async {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            if let Ok(s) = client.get_servers().await
-                && s.servers
-                    .iter()
-                    .filter(|s| s.partitions_voter.contains(&0))
-                    .count()
-                    == 3
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no 3 voters");
-            corelog::io::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_voter_set(&client, 1, &[1, 2, 3], Instant::now() + CONVERGE).await;
         for i in 0..50 {
             client.produce(0, vec![value(i)]).await.expect("produce");
         }
     });
     // Every node reports its Raft state and latencies; exactly one leads partition 0.
-    let docs: Vec<serde_json::Value> = [&_n1, &_n2, &n3].iter().map(|n| n.stats_json()).collect();
+    let docs: Vec<serde_json::Value> = (1..=3).map(|id| cluster.node(id).stats_json()).collect();
     let leaders = docs
         .iter()
         .filter(|d| d["raft"]["0"]["is_leader"] == serde_json::json!(true))
@@ -174,9 +102,8 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
     assert_eq!(lag, 2, "the leader reports the lag of both followers");
 
     // Node 3 stops; ~1.2 MiB more goes in, far past the 256 KiB retention of 64 KiB segments.
-    n3.kill9();
-    let client = ClusterClient::new(config.clone());
-    client.add_seeds(ports[..2].iter().map(|p| addr(*p)));
+    cluster.kill9(3);
+    let client = cluster.client();
     let total = 1200;
     common::run(|| async {
         for chunk in (50..total).collect::<Vec<_>>().chunks(10) {
@@ -191,8 +118,8 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
         loop {
             // Both survivors (whichever leads) must have dropped what node 3 still needs, or
             // node 3 may legitimately catch up from the log instead of a snapshot.
-            let (start1, _) = holdings(&client, addr(ports[0])).await;
-            let (start2, _) = holdings(&client, addr(ports[1])).await;
+            let (start1, _) = holdings(&client, cluster.addr(1)).await;
+            let (start2, _) = holdings(&client, cluster.addr(2)).await;
             if start1 > 50 && start2 > 50 {
                 break;
             }
@@ -205,14 +132,13 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
         }
     });
     // Node 3 comes back: what it needs is gone from the leader's log, so it gets a snapshot.
-    let _n3 = start(&dir, &tls, 3, ports[2], Some(ports[0]));
-    let client = ClusterClient::new(config);
-    client.add_seeds(ports.iter().map(|p| addr(*p)));
+    cluster.start(3);
+    let client = cluster.client();
     common::run(|| async {
         let deadline = Instant::now() + CONVERGE;
-        let (_, leader) = holdings(&client, addr(ports[0])).await;
+        let (_, leader) = holdings(&client, cluster.addr(1)).await;
         loop {
-            let (start3, held) = holdings(&client, addr(ports[2])).await;
+            let (start3, held) = holdings(&client, cluster.addr(3)).await;
             let end3 = start3 + held.len() as u64;
             if end3 >= total as u64 {
                 // Every record node 3 holds is the leader's record at that offset, and every

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::node::{
-    Acked, Ending, NodeProcess, RawConn, assert_still_serves, error_count, read_partition, run_cli,
+    Acked, Ending, NodeProcess, RawConn, assert_still_serves, error_count, read_partition,
     seed_records, server_error,
 };
 use corelog::Offset;
@@ -66,20 +66,7 @@ impl ClusterNode {
     fn start(name: &str, extra: &[&str]) -> ClusterNode {
         let dir = common::test_dir(name);
         let tls = dir.join("tls");
-        let out = run_cli(
-            &[
-                "certs",
-                "--out",
-                tls.to_str().unwrap(),
-                "--node",
-                "node",
-                "--client",
-                "client",
-            ],
-            None,
-            "",
-        );
-        assert!(out.status.success(), "corelog certs: {out:?}");
+        common::cluster::make_certs(&tls);
         let id = NODE_ID.to_string();
         let mut args = vec![
             "--tls-dir",

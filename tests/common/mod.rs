@@ -46,5 +46,6 @@ impl Drop for RemoveOnSuccess {
     }
 }
 
+pub mod cluster;
 pub mod node;
 pub mod proxy;
