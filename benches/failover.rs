@@ -22,7 +22,9 @@
 //! cargo bench --bench failover -- --trials 50 --election-min-ms 150 --election-max-ms 300
 //! ```
 //!
-//! Data lives under `<target>/tmp/failover-bench/` and is removed after a passing run.
+//! Data lives under `<target>/tmp/failover-bench/` and is removed after a passing run; each
+//! node's stderr goes to `n<ID>.log` there, at `RUST_LOG=warn` unless
+//! `CORELOG_BENCH_NODE_LOG` names another filter (e.g. `info`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -196,7 +198,10 @@ impl Cluster {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("CORELOG_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         let child = cmd.spawn().expect("spawn corelog serve");
         self.children.insert(id, child);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -308,17 +313,19 @@ async fn run(options: Options, dir: PathBuf) -> bool {
         };
         let restart_at = Instant::now();
         cluster.start(leader_id);
+        let serving_at = Instant::now();
         let caught_up = wait_caught_up(&watcher, &addrs, leader).await;
         println!(
             "trial {trial:>2}: killed node {leader_id} (leader) → first ack {:>7.1} ms after the \
              kill (node {}); {reroutes} reroutes, {unknown} writes of unknown outcome; restarted \
-             and caught up in {:.2} s",
+             and caught up in {:.2} s (serving after {:.2} s)",
             failover.as_secs_f64() * 1e3,
             addrs
                 .iter()
                 .position(|a| *a == first.1)
                 .map_or(0, |i| i + 1),
-            caught_up.duration_since(restart_at).as_secs_f64()
+            caught_up.duration_since(restart_at).as_secs_f64(),
+            serving_at.duration_since(restart_at).as_secs_f64()
         );
         corelog::io::sleep(Duration::from_millis(STEADY_MS)).await;
     }
