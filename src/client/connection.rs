@@ -317,16 +317,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(inner: Rc<Inner>, mut writer: W) {
             inner.outbox_ready.wait(seen).await;
             continue;
         }
-        buf.clear();
-        for f in &frames {
-            buf.extend_from_slice(f);
-        }
-        if let Err(e) = async {
-            writer.write_all(&buf).await?;
-            writer.flush().await
-        }
-        .await
-        {
+        if let Err(e) = crate::net::write::write_frames(&mut writer, &mut buf, &frames).await {
             inner.fail_all(ClientError::Connection {
                 addr: inner.addr.clone(),
                 message: format!("write: {e}"),

@@ -1263,11 +1263,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Connection>, mut writer: W) 
             conn.outbox_ready.wait(seen).await;
             continue;
         }
-        buf.clear();
-        for out in &batch {
-            buf.extend_from_slice(&out.frame);
-        }
-        if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
+        let frames = batch.iter().map(|out| &out.frame);
+        if crate::net::write::write_frames(&mut writer, &mut buf, frames)
+            .await
+            .is_err()
+        {
             // The peer is gone: drop what is queued (releasing permits) and stop.
             conn.closing.set(true);
             drop(batch);

@@ -8,3 +8,4 @@ pub mod frame;
 pub mod preamble;
 pub mod server;
 pub mod tls;
+pub mod write;
