@@ -647,28 +647,7 @@ pub struct RawConn {
 impl RawConn {
     /// TCP, the client preamble for `core`, then the TLS handshake (driven to completion).
     pub fn open(addr: SocketAddr, core: u16, tls: Arc<rustls::ClientConfig>) -> io::Result<Self> {
-        let mut sock = tcp(addr);
-        sock.write_all(&Preamble::new(ConnKind::Client, core).encode())?;
-        let name = ServerName::IpAddress(addr.ip().into());
-        let mut conn = ClientConnection::new(tls, name).map_err(io::Error::other)?;
-        for _ in 0..100 {
-            if !conn.is_handshaking() {
-                break;
-            }
-            match conn.complete_io(&mut sock) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if conn.is_handshaking() {
-            return Err(io::Error::other("TLS handshake did not finish"));
-        }
-        Ok(RawConn {
-            stream: StreamOwned::new(conn, sock),
-            decoder: FrameDecoder::default(),
-            buf: BytesMut::new(),
-        })
+        RawConn::open_kind(addr, ConnKind::Client, core, tls)
     }
 
     /// Writes `bytes` inside TLS.
