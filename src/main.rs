@@ -106,9 +106,10 @@ struct CheckArgs {
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits with 2.
     let cli = Cli::parse();
-    // A server tells what it is doing; one-shot commands only warn.
+    // A server tells what it is doing; one-shot commands only warn. openraft (through
+    // `tracing`'s `log` feature) is chatty at info: only its warnings by default.
     let level = if matches!(cli.command, Command::Serve(_)) {
-        "info"
+        "info,openraft=warn"
     } else {
         "warn"
     };

@@ -509,7 +509,14 @@ const LEADER_HAND_OFF_MS: u64 = 3_000;
 /// A stopping node first hands the leadership of its partitions to other voters, so writers
 /// move on while it drains.
 async fn hand_off_leadership(shard: &Rc<Shard>) {
-    let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
+    // A group whose only voter is this node has nobody to hand off to (nor to warn about).
+    let groups: Vec<_> = shard
+        .groups
+        .borrow()
+        .values()
+        .filter(|g| g.members().1.iter().any(|v| *v != g.node_id))
+        .cloned()
+        .collect();
     let tasks: Vec<_> = groups
         .into_iter()
         .map(|g| {

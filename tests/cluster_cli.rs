@@ -384,3 +384,33 @@ fn standalone_servers_json_and_cluster_leave_is_refused() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("standalone"), "{}", stderr(&out));
 }
+
+/// A cluster of one has nobody to hand leadership to: SIGTERM stops it without warning that
+/// it is "still the leader" after a hand-off (a regression: every partition warned).
+#[test]
+fn a_single_node_cluster_stops_on_sigterm_without_a_hand_off() {
+    let dir = common::test_dir("cluster_cli_single_sigterm");
+    let _cleanup = common::RemoveOnSuccess(dir.clone());
+    let tls = dir.join("tls");
+    common::cluster::make_certs(&tls);
+    let tls_dir = tls.to_str().unwrap();
+    let mut node = NodeProcess::start(
+        &dir.join("n1"),
+        &[
+            "--tls-dir",
+            tls_dir,
+            "--tls-name",
+            "node",
+            "--node-id",
+            "1",
+            "--cluster",
+        ],
+    );
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}\n{}", node.stderr());
+    let stderr = node.stderr();
+    assert!(
+        !stderr.contains("still the leader after"),
+        "a group of one has nobody to hand off to:\n{stderr}"
+    );
+}
