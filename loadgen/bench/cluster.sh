@@ -5,6 +5,9 @@
 # Usage: loadgen/bench/cluster.sh [OUT_DIR]      (default OUT_DIR: target/loadgen-cluster)
 #        ROUNDS=N (default 2): how many times the whole sequence runs (figures drift with the
 #        host's load; the summary shows every round).
+#        CLUSTER_CPUS="A B C" (default "0 1 0"): the CPUs of nodes 1, 2 and 3 (node 1
+#        bootstraps and leads). "0 1 1" gives the leader CPU 0 to itself, as the standalone
+#        node has, and puts both followers with loadgen on CPU 1.
 #
 # Release builds; 1 KiB records, one partition, durable acks (`fsync = always`). Per round:
 #   single  — one standalone node on CPU 0 (fresh data directory), loadgen on CPU 1:
@@ -22,6 +25,11 @@ cd "$(dirname "$0")/../.."
 
 OUT=${1:-target/loadgen-cluster}
 ROUNDS=${ROUNDS:-2}
+read -r -a CPUS <<<"${CLUSTER_CPUS:-0 1 0}"
+if [ "${#CPUS[@]}" -ne 3 ]; then
+    echo "CLUSTER_CPUS needs three CPUs (nodes 1, 2, 3), got '${CLUSTER_CPUS:-}'" >&2
+    exit 2
+fi
 LOADGEN_CPU=1
 DURATION=5s
 WARMUP=1s
@@ -136,9 +144,9 @@ for round in $(seq "$ROUNDS"); do
 
     echo "== round $round: 3-node cluster"
     rm -rf "$OUT/c1" "$OUT/c2" "$OUT/c3"
-    start_node "$OUT/c1.log" "$OUT/c1" 0 --node-id 1 --cluster
-    start_node "$OUT/c2.log" "$OUT/c2" 1 --node-id 2 --join "${ADDRS[0]}"
-    start_node "$OUT/c3.log" "$OUT/c3" 0 --node-id 3 --join "${ADDRS[0]}"
+    start_node "$OUT/c1.log" "$OUT/c1" "${CPUS[0]}" --node-id 1 --cluster
+    start_node "$OUT/c2.log" "$OUT/c2" "${CPUS[1]}" --node-id 2 --join "${ADDRS[0]}"
+    start_node "$OUT/c3.log" "$OUT/c3" "${CPUS[2]}" --node-id 3 --join "${ADDRS[0]}"
     wait_for_voters
     "$CORELOG" servers --addr "${ADDRS[0]}" --tls-dir "$TLS" >"$OUT/r$round-servers.txt"
     rows "r$round-cluster" 3 --cluster --addr "$(IFS=,; echo "${ADDRS[*]}")"
