@@ -458,10 +458,10 @@ fn a_produce_is_not_stuck_on_a_dead_first_seed() {
     });
 }
 
-/// Regression, open: a client that was talking to a leader which then died fails its next
+/// Regression: a client that was talking to a leader which then died failed its next
 /// produce with "connect: connection refused". Its cached connection to the dead node is
-/// closed, re-dialing it is refused before anything is sent (certainly not applied), yet the
-/// produce ends as an outcome-unknown connection error instead of moving on to the next node.
+/// closed, re-dialing it was refused before anything was sent (certainly not applied), yet the
+/// produce ended as an outcome-unknown connection error instead of moving on to the next node.
 #[test]
 fn a_produce_after_its_leader_died_is_not_failed_by_a_refused_reconnect() {
     let mut cluster = start_cluster(new_cluster("cluster_refused_reconnect"), 3);
