@@ -13,7 +13,7 @@ use common::cluster::{CONVERGE, Cluster, wait_for_voter_set};
 use corelog::client::cluster::ClusterClient;
 
 /// Reads everything `addr` holds of partition 0: (lowest offset, records). Retention may move
-/// the start while it reads: then it starts over.
+/// the start while it reads: then it starts over, a little later.
 async fn holdings(client: &ClusterClient, at: SocketAddr) -> (u64, Vec<(u64, Bytes)>) {
     'again: for _ in 0..20 {
         let node = client.node(at).await.expect("connect");
@@ -24,7 +24,10 @@ async fn holdings(client: &ClusterClient, at: SocketAddr) -> (u64, Vec<(u64, Byt
         loop {
             let resp = match client.consume_from(at, 0, next, 1 << 20).await {
                 Ok(r) => r,
-                Err(e) if e.to_string().contains("out of range") => continue 'again,
+                Err(e) if e.to_string().contains("out of range") => {
+                    corelog::io::sleep(Duration::from_millis(20)).await;
+                    continue 'again;
+                }
                 Err(e) => panic!("consume {at} at {next}: {e}"),
             };
             for r in &resp.records {

@@ -227,12 +227,16 @@ impl State {
         self.segments[0].base()
     }
 
-    /// The end of what readers may see: durable, and below the high watermark if gated.
+    /// The end of what readers may see: durable, and below the high watermark if gated; never
+    /// below the start of the log. A log reset past its gate (a Raft snapshot being installed:
+    /// everything below the new start is gone, the gate moves once the batches are durable)
+    /// reads as empty at its start, not as out of range everywhere.
     fn visible(&self) -> Offset {
-        match self.gate {
+        let end = match self.gate {
             Some(gate) => gate.min(self.durable),
             None => self.durable,
-        }
+        };
+        end.max(self.lowest())
     }
 
     fn out_of_range(&self, offset: Offset) -> Error {
