@@ -218,10 +218,9 @@ impl Inner {
         id
     }
 
+    /// Queues the request's frame (its pieces stay together: one task pushes them at once).
     fn send(&self, request: &Request, id: u32) {
-        let mut buf = BytesMut::with_capacity(request.frame_bytes());
-        request.encode(id, &mut buf);
-        self.outbox.borrow_mut().push_back(buf.freeze());
+        self.outbox.borrow_mut().extend(request.encode_pieces(id));
         self.outbox_ready.notify();
     }
 

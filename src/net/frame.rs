@@ -326,6 +326,74 @@ pub fn encode_frame(kind: FrameKind, correlation_id: u32, body: &impl Message, d
         .expect("BytesMut grows to fit any message, and room was reserved");
 }
 
+/// Entry bodies at least this large go out as pieces of their own (see
+/// [`Request::encode_pieces`]); smaller ones are copied with the rest of the frame.
+pub const SHARED_BODY_MIN_BYTES: usize = crate::net::write::COALESCE_BELOW_BYTES;
+
+/// An AppendEntries frame as pieces whose concatenation is exactly what [`encode_frame`]
+/// writes (prost's field order: fields 1–4, each entry of field 5, field 6), with every
+/// normal entry body of at least [`SHARED_BODY_MIN_BYTES`] a piece of its own: the entry's
+/// `Bytes`, shared rather than copied. A leader sends each entry to every follower, so prost
+/// copying each body into each follower's frame was a copy per follower of all it replicates.
+fn encode_append_pieces(correlation_id: u32, m: &RaftAppendRequest) -> Vec<Bytes> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+    const ENTRIES_FIELD: u32 = 5;
+    const LEADER_COMMIT_FIELD: u32 = 6;
+    const BODY_FIELD: u32 = 6;
+    let shared = |e: &crate::proto::RaftEntry| {
+        e.body.len() >= SHARED_BODY_MIN_BYTES && e.membership_json.is_empty()
+    };
+    // Fields 1–4 (no entry is cloned).
+    let head = RaftAppendRequest {
+        partition: m.partition,
+        from_node: m.from_node,
+        vote: m.vote,
+        prev_log_id: m.prev_log_id,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let body_bytes = m.encoded_len();
+    let length = u32::try_from(FRAME_LENGTH_MIN as usize + body_bytes).unwrap_or_else(|_| {
+        panic!("RaftAppend body of {body_bytes} bytes overflows the u32 length")
+    });
+    let mut pieces = Vec::new();
+    let mut buf = BytesMut::with_capacity(FRAME_HEADER_BYTES + head.encoded_len() + 256);
+    buf.put_u32(length);
+    buf.put_u8(FrameKind::RaftAppend as u8);
+    buf.put_u32(correlation_id);
+    head.encode(&mut buf)
+        .expect("BytesMut grows to fit any message");
+    for entry in &m.entries {
+        if !shared(entry) {
+            message::encode(ENTRIES_FIELD, entry, &mut buf);
+            continue;
+        }
+        let rest = crate::proto::RaftEntry {
+            body: Bytes::new(),
+            ..entry.clone()
+        };
+        let body_field = prost::encoding::key_len(BODY_FIELD)
+            + encoded_len_varint(entry.body.len() as u64)
+            + entry.body.len();
+        let entry_len = rest.encoded_len() + body_field;
+        encode_key(ENTRIES_FIELD, WireType::LengthDelimited, &mut buf);
+        encode_varint(entry_len as u64, &mut buf);
+        rest.encode(&mut buf)
+            .expect("BytesMut grows to fit any message");
+        encode_key(BODY_FIELD, WireType::LengthDelimited, &mut buf);
+        encode_varint(entry.body.len() as u64, &mut buf);
+        pieces.push(buf.split().freeze());
+        pieces.push(entry.body.clone());
+    }
+    if let Some(commit) = &m.leader_commit {
+        message::encode(LEADER_COMMIT_FIELD, commit, &mut buf);
+    }
+    if !buf.is_empty() {
+        pieces.push(buf.freeze());
+    }
+    pieces
+}
+
 /// A request body, decoded by its frame kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
@@ -384,6 +452,31 @@ impl Request {
             Request::RaftVote(m) => encode_frame(kind, correlation_id, m, dst),
             Request::RaftSnapshot(m) => encode_frame(kind, correlation_id, m, dst),
             Request::RaftTransferLeader(m) => encode_frame(kind, correlation_id, m, dst),
+        }
+    }
+
+    /// This request's frame as pieces to write in order: one buffer, except that an
+    /// AppendEntries frame shares its large entry bodies instead of copying them
+    /// ([`SHARED_BODY_MIN_BYTES`]). The pieces' concatenation is what [`Request::encode`]
+    /// writes.
+    pub fn encode_pieces(&self, correlation_id: u32) -> Vec<Bytes> {
+        match self {
+            Request::RaftAppend(m)
+                if m.entries
+                    .iter()
+                    .any(|e| e.body.len() >= SHARED_BODY_MIN_BYTES) =>
+            {
+                assert_ne!(
+                    correlation_id, CORRELATION_ID_CONNECTION,
+                    "correlation id 0 is reserved for the server"
+                );
+                encode_append_pieces(correlation_id, m)
+            }
+            _ => {
+                let mut buf = BytesMut::with_capacity(self.frame_bytes());
+                self.encode(correlation_id, &mut buf);
+                vec![buf.freeze()]
+            }
         }
     }
 
@@ -1017,6 +1110,105 @@ mod tests {
         };
         let value = request.records[0].as_ptr() as usize;
         assert!((start..end).contains(&value), "the record value was copied");
+    }
+
+    /// An AppendEntries request whose entries have these body sizes (0: a blank entry; a
+    /// membership entry in the middle), with or without the optional log ids.
+    fn append_with_bodies(bodies: &[usize], with_ids: bool) -> RaftAppendRequest {
+        let mut entries: Vec<RaftEntry> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| RaftEntry {
+                term: 3,
+                index: 10 + i as u64,
+                kind: if len == 0 {
+                    RaftEntryKind::Blank as i32
+                } else {
+                    RaftEntryKind::Normal as i32
+                },
+                timestamp_ms: 1_700_000_000_000 + i as i64,
+                count: 1,
+                body: Bytes::from(vec![i as u8; len]),
+                ..RaftEntry::default()
+            })
+            .collect();
+        if entries.len() > 1 {
+            entries.insert(
+                1,
+                RaftEntry {
+                    term: 3,
+                    index: 99,
+                    kind: RaftEntryKind::Membership as i32,
+                    membership_json: Bytes::from_static(b"{\"configs\":[[1,2,3]]}"),
+                    ..RaftEntry::default()
+                },
+            );
+        }
+        RaftAppendRequest {
+            partition: 7,
+            from_node: 2,
+            vote: Some(vote(3, 2, true)),
+            prev_log_id: with_ids.then(|| log_id(3, 9)),
+            entries,
+            leader_commit: with_ids.then(|| log_id(2, 8)),
+        }
+    }
+
+    #[test]
+    fn append_pieces_are_the_encoded_frame_and_share_the_large_bodies() {
+        let big = SHARED_BODY_MIN_BYTES;
+        let cases: &[&[usize]] = &[
+            &[],
+            &[10],
+            &[big],
+            &[big - 1, big],
+            &[big, 0, 100, big * 3, 300_000],
+            &[0, 0],
+        ];
+        for bodies in cases {
+            for with_ids in [false, true] {
+                let request = Request::RaftAppend(append_with_bodies(bodies, with_ids));
+                let mut whole = BytesMut::new();
+                request.encode(42, &mut whole);
+                let pieces = request.encode_pieces(42);
+                assert_eq!(
+                    pieces.concat(),
+                    whole.to_vec(),
+                    "{bodies:?} with_ids={with_ids}: the pieces are the frame"
+                );
+                let Request::RaftAppend(m) = &request else {
+                    unreachable!()
+                };
+                let large: Vec<&Bytes> = m
+                    .entries
+                    .iter()
+                    .map(|e| &e.body)
+                    .filter(|b| b.len() >= big)
+                    .collect();
+                for body in &large {
+                    assert!(
+                        pieces
+                            .iter()
+                            .any(|p| p.as_ptr() == body.as_ptr() && p.len() == body.len()),
+                        "{bodies:?}: a body of {} bytes was copied",
+                        body.len()
+                    );
+                }
+                let expected_pieces = if large.is_empty() {
+                    1
+                } else {
+                    2 * large.len() + 1
+                };
+                assert!(
+                    pieces.len() <= expected_pieces,
+                    "{bodies:?}: {} pieces",
+                    pieces.len()
+                );
+                let mut buf = BytesMut::from(&pieces.concat()[..]);
+                let frame = FrameDecoder::default().decode(&mut buf).unwrap().unwrap();
+                assert_eq!(decode_request(&frame).unwrap(), request);
+            }
+        }
     }
 
     #[test]
