@@ -489,6 +489,7 @@ impl Connection {
             Err(e) => return self.bad_peer_body(corr, &e, permit),
         };
         // Our leader's process is gone (src/raft/liveness.rs): its lease protects nothing.
+        let mut takeover = false;
         if !pre_vote && !rpc.leadership_transfer && self.shard.leader_gone(Partition(partition)) {
             log::info!(
                 "partition {partition}: vote for node {} counts as a takeover: the leader \
@@ -496,6 +497,7 @@ impl Connection {
                 rpc.vote.leader_id.voted_for
             );
             rpc.leadership_transfer = true;
+            takeover = true;
         }
         glommio::spawn_local(async move {
             let answer = if pre_vote {
@@ -505,6 +507,12 @@ impl Connection {
             };
             match answer {
                 Ok(resp) => {
+                    if takeover
+                        && resp.vote_granted
+                        && let Some(group) = self.shard.group(Partition(partition))
+                    {
+                        group.count_takeover_vote();
+                    }
                     let resp = wire::encode_vote_response(&resp);
                     self.send(corr, Response::RaftVote(resp), permit);
                 }

@@ -107,6 +107,8 @@ pub struct Group {
     pub sm: StateMachine,
     /// Elections started by [`Group::take_over`].
     takeover_elections: std::rc::Rc<std::cell::Cell<u64>>,
+    /// Votes granted although this node held its leader's lease (the leader was gone).
+    takeover_votes_granted: std::rc::Rc<std::cell::Cell<u64>>,
 }
 
 impl Group {
@@ -134,6 +136,7 @@ impl Group {
             store,
             sm,
             takeover_elections: Default::default(),
+            takeover_votes_granted: Default::default(),
         })
     }
 
@@ -345,6 +348,13 @@ impl Group {
         Some(self.is_leader())
     }
 
+    /// Counts a vote granted although this node held its leader's lease, because that leader
+    /// was gone (the voter's side of [`Group::take_over`]; shown on /stats).
+    pub fn count_takeover_vote(&self) {
+        self.takeover_votes_granted
+            .set(self.takeover_votes_granted.get() + 1);
+    }
+
     /// Takes over from `gone`, the leader whose every peer connection to this core closed
     /// (src/raft/liveness.rs). A voter waits two heartbeats (a live leader that only
     /// redialled shows up again), then asks the other voters for their last log id (a
@@ -507,6 +517,7 @@ impl Group {
                     applied_index: m.last_applied.map_or(0, |a| a.index),
                     leader_changes,
                     takeover_elections: self.takeover_elections.get(),
+                    takeover_votes_granted: self.takeover_votes_granted.get(),
                     follower_lag,
                 }
             };

@@ -133,6 +133,9 @@ pub struct RaftState {
     /// Elections this node started because the leader closed every peer connection to it
     /// (its process is gone: src/raft/liveness.rs) instead of waiting out the leader lease.
     pub takeover_elections: u64,
+    /// Votes this node granted despite the leader lease it held, because that leader had
+    /// closed every peer connection to it (the voter's side of a takeover election).
+    pub takeover_votes_granted: u64,
     /// Follower node id → how many entries it is behind the leader's `last_log_index`. Only
     /// the leader knows this; empty on followers.
     pub follower_lag: BTreeMap<u64, u64>,
@@ -444,6 +447,7 @@ mod tests {
             applied_index: 37,
             leader_changes: 2,
             takeover_elections: 1,
+            takeover_votes_granted: 2,
             follower_lag: BTreeMap::from([(2, 0), (3, 5)]),
         };
         stats.set_raft_state(Partition(4), state.clone());

@@ -17,6 +17,7 @@
 //!   "totals":      {"bytes_in", "records_in", "bytes_out", "records_out"},
 //!   "raft":        {"0": {"is_leader", "term", "leader", "last_log_index", "committed_index",
 //!                         "applied_index", "leader_changes", "takeover_elections",
+//!                         "takeover_votes_granted",
 //!                         "follower_lag": {"<node>": n}}, …},
 //!   "errors":      {"<kind>": count, …},
 //!   "connections": {"opened", "closed", "open"},
@@ -325,6 +326,7 @@ mod tests {
                 applied_index: 117,
                 leader_changes: 3,
                 takeover_elections: 1,
+                takeover_votes_granted: 2,
                 follower_lag: BTreeMap::from([(2, 0), (3, 15)]),
             },
         );
@@ -349,6 +351,7 @@ mod tests {
                 "applied_index": 117,
                 "leader_changes": 3,
                 "takeover_elections": 1,
+                "takeover_votes_granted": 2,
                 "follower_lag": {"2": 0, "3": 15}
             })
         );

@@ -285,6 +285,7 @@ mod tests {
             applied_index: last_log_index,
             leader_changes: term,
             takeover_elections: 0,
+            takeover_votes_granted: 0,
             follower_lag: if is_leader {
                 BTreeMap::from([(2, 0), (3, 7)])
             } else {

@@ -15,6 +15,7 @@
 //! | `corelog_raft_is_leader` (1 or 0), `corelog_raft_term` | gauge | `partition` |
 //! | `corelog_raft_leader_changes_total` | counter | `partition` |
 //! | `corelog_raft_takeover_elections_total` | counter | `partition` |
+//! | `corelog_raft_takeover_votes_granted_total` | counter | `partition` |
 //! | `corelog_raft_last_log_index`, `corelog_raft_commit_index`, `corelog_raft_applied_index` | gauge | `partition` |
 //! | `corelog_raft_follower_lag_entries` | gauge | `partition`, `follower` (a Raft node id) |
 //! | `corelog_errors_total` | counter | `kind` |
@@ -291,6 +292,12 @@ fn raft_families(stats: &NodeStats) -> Vec<Family> {
             MetricType::Counter,
         ),
         Family::new(
+            "corelog_raft_takeover_votes_granted",
+            "Votes this node granted despite its leader lease, because that leader had closed \
+             every peer connection (its process is gone).",
+            MetricType::Counter,
+        ),
+        Family::new(
             "corelog_raft_last_log_index",
             "Index of the last entry in this node's Raft log of the partition.",
             MetricType::Gauge,
@@ -317,6 +324,7 @@ fn raft_families(stats: &NodeStats) -> Vec<Family> {
             Value::Gauge(state.term),
             Value::Counter(state.leader_changes),
             Value::Counter(state.takeover_elections),
+            Value::Counter(state.takeover_votes_granted),
             Value::Gauge(state.last_log_index),
             Value::Gauge(state.committed_index),
             Value::Gauge(state.applied_index),
@@ -409,6 +417,7 @@ mod tests {
                 applied_index: 497,
                 leader_changes: 2,
                 takeover_elections: 0,
+                takeover_votes_granted: 0,
                 follower_lag: BTreeMap::from([(2, 0), (3, 42)]),
             },
         );
@@ -423,6 +432,7 @@ mod tests {
                 applied_index: 89,
                 leader_changes: 1,
                 takeover_elections: 1,
+                takeover_votes_granted: 3,
                 follower_lag: BTreeMap::new(),
             },
         );
@@ -681,6 +691,7 @@ mod tests {
             ("gauge", "corelog_raft_term"),
             ("counter", "corelog_raft_leader_changes_total"),
             ("counter", "corelog_raft_takeover_elections_total"),
+            ("counter", "corelog_raft_takeover_votes_granted_total"),
             ("gauge", "corelog_raft_last_log_index"),
             ("gauge", "corelog_raft_commit_index"),
             ("gauge", "corelog_raft_applied_index"),
@@ -700,6 +711,7 @@ mod tests {
             "corelog_raft_leader_changes_total{partition=\"0\"} 2",
             "corelog_raft_leader_changes_total{partition=\"1\"} 1",
             "corelog_raft_takeover_elections_total{partition=\"1\"} 1",
+            "corelog_raft_takeover_votes_granted_total{partition=\"1\"} 3",
             "corelog_raft_last_log_index{partition=\"0\"} 500",
             "corelog_raft_commit_index{partition=\"0\"} 498",
             "corelog_raft_applied_index{partition=\"0\"} 497",
