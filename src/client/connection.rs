@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::io::net::TcpIo;
+
 use super::{ClientConfig, ClientError};
 use crate::net::errors::ServerError;
 use crate::net::frame::{
@@ -65,7 +67,13 @@ impl Connection {
             .map_err(|e| conn_err(format!("preamble: {e}")))?;
         let connector = futures_rustls::TlsConnector::from(config.tls.clone());
         let handshake = futures_lite::future::or(
-            async { Some(connector.connect(config.server_name.clone(), stream).await) },
+            async {
+                Some(
+                    connector
+                        .connect(config.server_name.clone(), TcpIo::new(stream))
+                        .await,
+                )
+            },
             async {
                 crate::io::sleep(config.connect_timeout).await;
                 None

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use crate::io::net::TcpIo;
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::net::acl::{Action, Object};
@@ -87,12 +89,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
         return;
     }
     let acceptor = futures_rustls::TlsAcceptor::from(shard.node.server_tls.clone());
-    let handshake =
-        futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+    let handshake = futures_lite::future::or(
+        async { Some(acceptor.accept(TcpIo::new(stream)).await) },
+        async {
             crate::io::sleep(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS)).await;
             None
-        })
-        .await;
+        },
+    )
+    .await;
     let tls = match handshake {
         Some(Ok(tls)) => tls,
         Some(Err(e)) => {

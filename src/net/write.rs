@@ -1,10 +1,14 @@
 //! Writing queued frames to a (TLS) stream, shared by the server's and the client's
 //! connections.
 //!
-//! Small frames (acks, heartbeats, small responses) are coalesced into one buffer, so many go
-//! out in one TLS record and one syscall. A large frame (a replication batch, a consume
-//! response) is written as it is: TLS copies it into its records anyway, and copying it into
-//! the coalescing buffer first was a quarter of the memory copying a replicating leader did.
+//! Small frames (acks, heartbeats, small responses) are coalesced into one buffer. A large
+//! frame or frame piece (a replication batch's entry body, a consume response) is passed as it
+//! is: TLS copies it into its records anyway, and copying it into the coalescing buffer first
+//! was a quarter of the memory copying a replicating leader did. Everything goes to the stream
+//! as vectored writes, so TLS makes records of up to its buffer limit at a time and the socket
+//! (`io::net::TcpIo`) sends them with one syscall.
+
+use std::io::IoSlice;
 
 use bytes::{Bytes, BytesMut};
 use futures::io::{AsyncWrite, AsyncWriteExt};
@@ -12,50 +16,110 @@ use futures::io::{AsyncWrite, AsyncWriteExt};
 /// Frames at least this large are written directly instead of being coalesced.
 pub const COALESCE_BELOW_BYTES: usize = 16 << 10;
 
-/// Writes `frames` in order (small ones through `buf`), then flushes.
+/// Slices per vectored write.
+const SLICES_PER_WRITE: usize = 64;
+
+/// Writes `frames` in order (small ones coalesced through `buf`), then flushes.
 pub async fn write_frames<'a, W: AsyncWrite + Unpin>(
     writer: &mut W,
     buf: &mut BytesMut,
     frames: impl IntoIterator<Item = &'a Bytes>,
 ) -> std::io::Result<()> {
     buf.clear();
+    let mut pieces: Vec<Bytes> = Vec::new();
     for frame in frames {
         if frame.len() < COALESCE_BELOW_BYTES {
             buf.extend_from_slice(frame);
             continue;
         }
         if !buf.is_empty() {
-            writer.write_all(buf).await?;
-            buf.clear();
+            pieces.push(buf.split().freeze());
         }
-        writer.write_all(frame).await?;
+        pieces.push(frame.clone());
     }
     if !buf.is_empty() {
-        writer.write_all(buf).await?;
-        buf.clear();
+        pieces.push(buf.split().freeze());
     }
+    write_all_pieces(writer, &pieces).await?;
     writer.flush().await
+}
+
+/// Writes every byte of `pieces`, in order, with vectored writes.
+async fn write_all_pieces<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    pieces: &[Bytes],
+) -> std::io::Result<()> {
+    let (mut i, mut at) = (0, 0);
+    while i < pieces.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&pieces[i][at..]))
+            .chain(pieces[i + 1..].iter().map(|p| IoSlice::new(p)))
+            .take(SLICES_PER_WRITE)
+            .collect();
+        let mut n = writer.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let left = pieces[i].len() - at;
+            if n < left {
+                at += n;
+                n = 0;
+            } else {
+                n -= left;
+                i += 1;
+                at = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Records every `write` call the stream receives.
-    #[derive(Default)]
+    /// Records every write call the stream receives: the slices it was given, and how many
+    /// bytes it took (at most `take_max` per call).
     struct Recorder {
-        writes: Vec<Vec<u8>>,
+        calls: Vec<Vec<(usize, Vec<u8>)>>,
+        taken: Vec<u8>,
+        take_max: usize,
         flushes: usize,
+    }
+
+    impl Recorder {
+        fn new(take_max: usize) -> Recorder {
+            Recorder {
+                calls: Vec::new(),
+                taken: Vec::new(),
+                take_max,
+                flushes: 0,
+            }
+        }
     }
 
     impl AsyncWrite for Recorder {
         fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
-            self.writes.push(buf.to_vec());
-            std::task::Poll::Ready(Ok(buf.len()))
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.calls.push(
+                bufs.iter()
+                    .map(|b| (b.as_ptr() as usize, b.to_vec()))
+                    .collect(),
+            );
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len().min(self.take_max);
+            self.taken.extend_from_slice(&all[..n]);
+            std::task::Poll::Ready(Ok(n))
         }
         fn poll_flush(
             mut self: std::pin::Pin<&mut Self>,
@@ -72,25 +136,46 @@ mod tests {
         }
     }
 
-    #[test]
-    fn small_frames_are_coalesced_large_ones_written_as_they_are_in_order() {
+    fn frames() -> (Vec<Bytes>, Bytes) {
         let small = |b: u8| Bytes::from(vec![b; 10]);
         let large = Bytes::from(vec![9u8; COALESCE_BELOW_BYTES]);
-        let frames = [small(1), small(2), large.clone(), small(3)];
-        let mut out = Recorder::default();
+        (vec![small(1), small(2), large.clone(), small(3)], large)
+    }
+
+    #[test]
+    fn small_frames_are_coalesced_large_ones_passed_as_they_are_in_one_vectored_write() {
+        let (frames, large) = frames();
+        let mut out = Recorder::new(usize::MAX);
         let mut buf = BytesMut::new();
         futures::executor::block_on(write_frames(&mut out, &mut buf, &frames)).unwrap();
-        let expected: Vec<Vec<u8>> = vec![
-            [small(1), small(2)].concat(),
-            large.to_vec(),
-            small(3).to_vec(),
-        ];
-        assert_eq!(out.writes, expected);
-        assert_eq!(out.flushes, 1);
+        assert_eq!(out.calls.len(), 1, "one write for everything");
+        let slices: Vec<&Vec<u8>> = out.calls[0].iter().map(|(_, b)| b).collect();
         assert_eq!(
-            out.writes.concat(),
-            frames.concat(),
-            "the stream is unchanged"
+            slices,
+            vec![
+                &[frames[0].clone(), frames[1].clone()].concat(),
+                &large.to_vec(),
+                &frames[3].to_vec()
+            ]
         );
+        assert_eq!(
+            out.calls[0][1].0,
+            large.as_ptr() as usize,
+            "the large frame is not copied"
+        );
+        assert_eq!(out.taken, frames.concat(), "the stream is unchanged");
+        assert_eq!(out.flushes, 1);
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let (frames, _) = frames();
+        for take_max in [7, 20, 4096, COALESCE_BELOW_BYTES + 3] {
+            let mut out = Recorder::new(take_max);
+            let mut buf = BytesMut::new();
+            futures::executor::block_on(write_frames(&mut out, &mut buf, &frames)).unwrap();
+            assert_eq!(out.taken, frames.concat(), "take_max {take_max}");
+            assert_eq!(out.flushes, 1);
+        }
     }
 }
