@@ -8,6 +8,8 @@
 #        CLUSTER_CPUS="A B C" (default "0 1 0"): the CPUs of nodes 1, 2 and 3 (node 1
 #        bootstraps and leads). "0 1 1" gives the leader CPU 0 to itself, as the standalone
 #        node has, and puts both followers with loadgen on CPU 1.
+#        NODE_ARGS="..." : more `corelog serve` flags for every node, standalone and cluster
+#        (e.g. NODE_ARGS="--fsync interval:10" shows what the syncs cost; UNSAFE acks).
 #
 # Release builds; 1 KiB records, one partition, durable acks (`fsync = always`). Per round:
 #   single  — one standalone node on CPU 0 (fresh data directory), loadgen on CPU 1:
@@ -52,7 +54,7 @@ start_node() { # LOG DATA CPU EXTRA...   → appends to PIDS and ADDRS
     shift 3
     "$CORELOG" serve --data-dir "$data" --cpuset "$cpu" --partitions 1 \
         --tls-dir "$TLS" --tls-name node \
-        --listen 127.0.0.1:0 --stats-listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+        --listen 127.0.0.1:0 --stats-listen 127.0.0.1:0 "$@" ${NODE_ARGS:-} >"$log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 300); do
         grep -q "corelog: serving" "$log" && break

@@ -3,7 +3,9 @@
 
 Each 3-node row is set beside the single-node row of the same round as a ratio. Bytes written
 per payload byte per replica = Σ over the nodes of Δ /proc/PID/io write_bytes around the
-loadgen run / (acknowledged records × record bytes × replicas).
+loadgen run / (acknowledged records × record bytes × replicas). Node CPU per record = Σ over
+the nodes of the CPU time they ran around the loadgen run / acknowledged records (warm-up
+included in both).
 """
 
 import json
@@ -20,24 +22,27 @@ def load(name):
 
 
 def amplification(name):
+    """(bytes written per payload byte per replica, node CPU µs per record, CPU shares)."""
     run, nodes = load(name), load(f"{name}.nodes")
     if not run or not nodes:
-        return None, "—"
-    payload = run["produce_detail"]["acked_records"] * run["config"]["record_bytes"]
+        return None, None, "—"
+    records = run["produce_detail"]["acked_records"]
+    payload = records * run["config"]["record_bytes"]
     written = sum(n["write_bytes"] for n in nodes["nodes"])
     wall = nodes["wall_s"] or 1
     cpu = " / ".join(f"{100 * n['cpu_s'] / wall:.0f}%·{100 * n['runqueue_wait_s'] / wall:.0f}%"
                      for n in nodes["nodes"])
     if payload == 0:
-        return None, cpu
-    return written / (payload * nodes["replicas"]), cpu
+        return None, None, cpu
+    cpu_us = 1e6 * sum(n["cpu_s"] for n in nodes["nodes"]) / records
+    return written / (payload * nodes["replicas"]), cpu_us, cpu
 
 
 def main():
     print("| round | workload | nodes | records/s | MB/s | p50 ms | p99 ms | × single node "
-          "(same round) | bytes written / payload byte / replica | node CPU ran·waited "
-          "| reroutes | errors |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+          "(same round) | bytes written / payload byte / replica | node CPU µs / record (Σ nodes) "
+          "| node CPU ran·waited | reroutes | errors |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in range(1, ROUNDS + 1):
         for row, label in (("produce", "produce, max (64 × 1 KiB, 32 in flight)"),
                            ("single", "1 in flight, 1 record")):
@@ -49,7 +54,7 @@ def main():
                     continue
                 p = run["produce"]
                 lat = p["latency_us"]
-                amp, cpu = amplification(name)
+                amp, cpu_us, cpu = amplification(name)
                 if kind == "cluster" and base and base["produce"]["records_per_s"]:
                     ratio = (f"{p['records_per_s'] / base['produce']['records_per_s']:.2f} "
                              f"(p99 {lat['p99'] / max(base['produce']['latency_us']['p99'], 1):.1f}×)")
@@ -58,7 +63,8 @@ def main():
                 print(f"| {r} | {label} | {'3 (cluster)' if kind == 'cluster' else '1'} "
                       f"| {p['records_per_s']:,.0f} | {p['mb_per_s']:.1f} "
                       f"| {lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {ratio} "
-                      f"| {'—' if amp is None else f'{amp:.3f}'} | {cpu} "
+                      f"| {'—' if amp is None else f'{amp:.3f}'} "
+                      f"| {'—' if cpu_us is None else f'{cpu_us:.1f}'} | {cpu} "
                       f"| {run['produce_detail'].get('reroutes', 0)} | {run['errors']} |")
 
 
