@@ -101,6 +101,12 @@ pub struct ServeArgs {
     /// `/health` reports it ready anyway (it keeps serving what it can).
     #[arg(long, default_value_t = 10_000)]
     pub leader_wait_ms: u64,
+    /// Bytes of one Raft snapshot a node receives and holds in memory before installing it
+    /// (a follower behind the retention point gets the retained segments). A larger snapshot
+    /// is refused; raise this when retention keeps more than this per partition.
+    #[arg(long, default_value_t = crate::net::conn::SNAPSHOT_BYTES_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
+    pub snapshot_bytes_max: u64,
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = 50, hide = true)]
     pub raft_heartbeat_ms: u64,
@@ -173,6 +179,8 @@ pub struct ReplicationConfig {
     pub replication_factor: usize,
     pub leader_wait_ms: u64,
     pub timing: crate::raft::group::RaftTiming,
+    /// `--snapshot-bytes-max`: the largest snapshot one transfer may assemble.
+    pub snapshot_bytes_max: u64,
 }
 
 /// A validated node configuration.
@@ -275,6 +283,7 @@ impl NodeConfig {
                 replication_factor: args.replication_factor as usize,
                 leader_wait_ms: args.leader_wait_ms,
                 timing,
+                snapshot_bytes_max: args.snapshot_bytes_max,
             })
         } else {
             None

@@ -64,10 +64,16 @@ struct ClusterNode {
 
 impl ClusterNode {
     fn start(name: &str, extra: &[&str]) -> ClusterNode {
+        ClusterNode::start_partitions(name, 1, extra)
+    }
+
+    /// A node of `partitions` partitions, all on its one core.
+    fn start_partitions(name: &str, partitions: u32, extra: &[&str]) -> ClusterNode {
         let dir = common::test_dir(name);
         let tls = dir.join("tls");
         common::cluster::make_certs(&tls);
         let id = NODE_ID.to_string();
+        let partitions = partitions.to_string();
         let mut args = vec![
             "--tls-dir",
             tls.to_str().unwrap(),
@@ -79,7 +85,7 @@ impl ClusterNode {
             "--cores",
             "1",
             "--partitions",
-            "1",
+            &partitions,
         ];
         args.extend_from_slice(extra);
         let node = NodeProcess::start(&dir.join("data"), &args);
@@ -319,21 +325,32 @@ fn expect_bad_request(response: Response, what: &str, needles: &[&str]) {
     }
 }
 
-/// The node still serves (a new record on its partition is acknowledged and everything
-/// acknowledged reads back) and its partition holds exactly the acknowledged records: no
-/// snapshot replaced or extended the log.
+/// The node still serves (a new record on each partition is acknowledged and everything
+/// acknowledged reads back) and each partition holds exactly its acknowledged records: no
+/// snapshot replaced or extended a log.
 fn assert_log_intact(node: &ClusterNode, acked: &mut Vec<Acked>, tag: &str) {
     assert_still_serves(node, acked, tag);
     let config = node.client_config("client");
+    let partitions = node.partitions;
     let stored = common::run(|| async move {
         let client = Client::connect(config).await.expect("connect");
-        read_partition(&client, PARTITION).await
+        let mut stored = Vec::new();
+        for p in 0..partitions {
+            stored.push(read_partition(&client, p).await);
+        }
+        stored
     });
-    let want: BTreeMap<u64, Bytes> = acked.iter().map(|a| (a.offset, a.value.clone())).collect();
-    assert_eq!(
-        stored, want,
-        "the partition holds exactly what was acknowledged"
-    );
+    for (p, stored) in stored.into_iter().enumerate() {
+        let want: BTreeMap<u64, Bytes> = acked
+            .iter()
+            .filter(|a| a.partition == p as u32)
+            .map(|a| (a.offset, a.value.clone()))
+            .collect();
+        assert_eq!(
+            stored, want,
+            "partition {p} holds exactly what was acknowledged"
+        );
+    }
 }
 
 #[test]
@@ -590,6 +607,123 @@ fn a_damaged_snapshot_batch_is_bad_request_and_abandons_the_transfer() {
 
     raft.assert_undisturbed(&node, &mut peer);
     assert_log_intact(&node, &mut acked, "after-snapshot-damaged");
+}
+
+/// A transfer that grows past `--snapshot-bytes-max` is refused at the chunk that crosses it
+/// (the message names the limit and the flag) and dropped, so the node does not keep holding
+/// its memory; a transfer within the limit on the same connection is still taken.
+#[test]
+fn a_snapshot_over_the_size_limit_is_bad_request_and_dropped() {
+    const LIMIT: u64 = 1 << 20;
+    let node = ClusterNode::start(
+        "peer-snapshot-too-large",
+        &["--snapshot-bytes-max", "1048576"],
+    );
+    let mut acked = seed_records(&node, 5, "before");
+    let raft = RaftBefore::read(&node);
+    let refused_before = error_count(&node, "bad_snapshot_chunk");
+    let membership = node.membership_json();
+    // Batches of ~256 KiB each (one record), dense offsets and Raft indexes from 2.
+    let big = |offset: u64| -> Bytes {
+        let meta = BatchMeta {
+            timestamp_ms: 1,
+            term: 1,
+            raft_index: offset + 2,
+        };
+        format::encode_batch(Offset(offset), &[vec![b'v'; 256 << 10]], meta)
+    };
+    let mut peer = node.peer();
+    let chunk0 = first_chunk(50, Some(9), 8, vec![big(0), big(1)], false, &membership);
+    expect_ack(peer.chunk(chunk0), "chunk 0, ~512 KiB");
+    let chunk1 = next_chunk(50, 1, vec![big(2)], false);
+    expect_ack(peer.chunk(chunk1), "chunk 1, ~768 KiB in all");
+    let chunk2 = next_chunk(50, 2, vec![big(3), big(4)], false);
+    expect_bad_request(
+        peer.chunk(chunk2),
+        "chunk 2, past 1 MiB",
+        &[
+            "the snapshot of partition 0 exceeds the 1048576 bytes",
+            "--snapshot-bytes-max",
+        ],
+    );
+    // Dropped: its next chunk belongs to no transfer.
+    let response = peer.chunk(next_chunk(50, 3, vec![big(5)], true));
+    expect_bad_request(response, "chunk 3 after the refusal", &["without chunk 0"]);
+    // A new transfer under the limit is assembled (and then refused by openraft for its stale
+    // vote, which proves it got that far: a BAD_REQUEST would mean the limit still counted the
+    // dropped transfer).
+    let total: u64 = [big(0), big(1), big(2)]
+        .iter()
+        .map(|b| b.len() as u64)
+        .sum();
+    assert!(total < LIMIT);
+    let fresh = first_chunk(
+        51,
+        Some(4),
+        3,
+        vec![big(0), big(1), big(2)],
+        true,
+        &membership,
+    );
+    match peer.chunk(fresh) {
+        Response::RaftSnapshot(answer) => {
+            let vote = answer.vote.expect("openraft answers with its own vote");
+            assert_eq!(vote.node_id, NODE_ID, "{vote:?}");
+        }
+        other => panic!("a snapshot under the limit: expected openraft's answer, got {other:?}"),
+    }
+    let refused = error_count(&node, "bad_snapshot_chunk") - refused_before;
+    assert_eq!(refused, 2, "/stats counts each refused chunk");
+    raft.assert_undisturbed(&node, &mut peer);
+    assert_log_intact(&node, &mut acked, "after-snapshot-too-large");
+}
+
+/// One peer connection assembles at most 16 transfers at once (one per partition): chunk 0 of
+/// a 17th is refused naming the limit; another connection may still start one, and finishing
+/// or dropping a transfer frees its place.
+#[test]
+fn a_seventeenth_snapshot_transfer_on_one_connection_is_bad_request() {
+    let partitions = 18;
+    let node = ClusterNode::start_partitions("peer-snapshot-transfers", partitions, &[]);
+    let mut acked = seed_records(&node, 5, "before");
+    let raft = RaftBefore::read(&node);
+    let membership = node.membership_json();
+    let open = |partition: u32, id: u64| RaftSnapshotRequest {
+        partition,
+        ..first_chunk(id, Some(4), 3, batches(&[0], &[2]), false, &membership)
+    };
+    let mut peer = node.peer();
+    for p in 0..16 {
+        expect_ack(
+            peer.chunk(open(p, 100 + u64::from(p))),
+            &format!("transfer of p{p}"),
+        );
+    }
+    expect_bad_request(
+        peer.chunk(open(16, 116)),
+        "a 17th transfer",
+        &["at most 16 snapshot transfers per connection"],
+    );
+    // Another chunk 0 for a partition already in progress replaces its transfer: no new place.
+    expect_ack(
+        peer.chunk(open(3, 200)),
+        "a new transfer of p3 replaces the old one",
+    );
+    // Another connection has places of its own.
+    let mut other = node.peer();
+    expect_ack(
+        other.chunk(open(16, 300)),
+        "a transfer on another connection",
+    );
+    // A refused chunk drops its transfer and frees the place.
+    let damaged = RaftSnapshotRequest {
+        partition: 5,
+        ..next_chunk(105, 1, vec![Bytes::from(vec![b'x'; 80])], false)
+    };
+    expect_bad_request(peer.chunk(damaged), "a damaged chunk of p5", &["bad magic"]);
+    expect_ack(peer.chunk(open(17, 117)), "p17 takes the freed place");
+    raft.assert_undisturbed(&node, &mut peer);
+    assert_log_intact(&node, &mut acked, "after-snapshot-transfers");
 }
 
 #[test]

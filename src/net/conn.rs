@@ -19,7 +19,8 @@
 //! UNAVAILABLE ("not replicated here"). Raft calls run in their own tasks holding the
 //! request's permit, so many RPCs of many groups are in flight on one connection. A snapshot
 //! arrives as chunks (docs/PROTOCOL.md, "Peer API"), assembled per partition on the connection
-//! that carries them, bounded by [`SNAPSHOT_BYTES_MAX`] and [`SNAPSHOT_TRANSFERS_MAX`].
+//! that carries them, bounded by `--snapshot-bytes-max` ([`SNAPSHOT_BYTES_MAX_DEFAULT`]) and
+//! [`SNAPSHOT_TRANSFERS_MAX`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -72,9 +73,10 @@ const SUBSCRIBE_CREDITS_MAX: u32 = 1024;
 /// read from the log and not yet written to the socket, in KiB. Bounds a connection's memory
 /// by bytes, not only by request count: a client that never reads stops being served.
 const OUTBOX_KIB_MAX: u64 = 64 * 1024;
-/// Bytes of batches one snapshot transfer may assemble in memory. The whole snapshot is held
-/// until it is installed (`LogSnapshot` is in memory), so this bounds one transfer's memory.
-pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
+/// Default bytes of batches one snapshot transfer may assemble in memory
+/// (`--snapshot-bytes-max`). The whole snapshot is held until it is installed (`LogSnapshot`
+/// is in memory), so this bounds one transfer's memory.
+pub const SNAPSHOT_BYTES_MAX_DEFAULT: u64 = 1 << 30;
 /// Snapshot transfers one peer connection may assemble at once (one per partition).
 pub const SNAPSHOT_TRANSFERS_MAX: usize = 16;
 
@@ -675,10 +677,17 @@ impl Connection {
         }
         let bytes: u64 = req.batches.iter().map(|b| b.len() as u64).sum();
         assembly.bytes = assembly.bytes.saturating_add(bytes);
-        if assembly.bytes > SNAPSHOT_BYTES_MAX {
+        let max = self
+            .shard
+            .node
+            .config
+            .replication
+            .as_ref()
+            .map_or(SNAPSHOT_BYTES_MAX_DEFAULT, |r| r.snapshot_bytes_max);
+        if assembly.bytes > max {
             return Err(format!(
-                "the snapshot of partition {partition} exceeds the {SNAPSHOT_BYTES_MAX} bytes a \
-                 node assembles for one transfer"
+                "the snapshot of partition {partition} exceeds the {max} bytes a node \
+                 assembles for one transfer (--snapshot-bytes-max)"
             ));
         }
         assembly.batches.extend(req.batches.iter().cloned());
