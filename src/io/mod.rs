@@ -613,3 +613,14 @@ pub fn probe_direct_write(dir: &Path) -> io::Result<()> {
     let _ = std::fs::remove_file(&path);
     result
 }
+
+/// Runs `f` on a fresh unpinned glommio executor with 1 MiB of I/O memory (unit tests).
+#[cfg(test)]
+pub(crate) fn run_test_executor<F: std::future::Future<Output = ()>>(f: F) {
+    ensure_memlock(memlock_bytes_wanted(1, 1 << 20)).expect("locked-memory limit");
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .make()
+        .expect("glommio executor")
+        .run(f);
+}

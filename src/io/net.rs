@@ -166,17 +166,8 @@ mod tests {
     use super::*;
     use futures::io::{AsyncReadExt, AsyncWriteExt};
     use glommio::net::TcpListener;
-    use glommio::{LocalExecutorBuilder, Placement};
 
-    fn run<F: std::future::Future<Output = ()>>(f: F) {
-        crate::io::ensure_memlock(crate::io::memlock_bytes_wanted(1, 1 << 20))
-            .expect("locked-memory limit");
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(1 << 20)
-            .make()
-            .expect("glommio executor")
-            .run(f);
-    }
+    use crate::io::run_test_executor as run;
 
     /// 32 MiB in many slices through loopback (far more than the socket buffers hold, so the
     /// writer meets a full socket and must wait for writability), read back in small reads:
@@ -203,19 +194,9 @@ mod tests {
                         .chain(pieces[i + 1..].iter().map(|p| IoSlice::new(p)))
                         .take(200)
                         .collect();
-                    let mut n = io.write_vectored(&slices).await.unwrap();
+                    let n = io.write_vectored(&slices).await.unwrap();
                     writes += 1;
-                    while n > 0 {
-                        let left = pieces[i].len() - at;
-                        if n < left {
-                            at += n;
-                            n = 0;
-                        } else {
-                            n -= left;
-                            i += 1;
-                            at = 0;
-                        }
-                    }
+                    (i, at) = crate::net::write::advance(&pieces, (i, at), n);
                 }
                 io.close().await.unwrap();
                 writes

@@ -55,23 +55,31 @@ async fn write_all_pieces<W: AsyncWrite + Unpin>(
             .chain(pieces[i + 1..].iter().map(|p| IoSlice::new(p)))
             .take(SLICES_PER_WRITE)
             .collect();
-        let mut n = writer.write_vectored(&slices).await?;
+        let n = writer.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let left = pieces[i].len() - at;
-            if n < left {
-                at += n;
-                n = 0;
-            } else {
-                n -= left;
-                i += 1;
-                at = 0;
-            }
-        }
+        (i, at) = advance(pieces, (i, at), n);
     }
     Ok(())
+}
+
+/// The position (piece, byte within it) `n` bytes after `(i, at)` in `pieces`.
+pub(crate) fn advance<P: AsRef<[u8]>>(
+    pieces: &[P],
+    (mut i, mut at): (usize, usize),
+    mut n: usize,
+) -> (usize, usize) {
+    while n > 0 {
+        let left = pieces[i].as_ref().len() - at;
+        if n < left {
+            return (i, at + n);
+        }
+        n -= left;
+        i += 1;
+        at = 0;
+    }
+    (i, at)
 }
 
 #[cfg(test)]

@@ -83,17 +83,8 @@ pub async fn run_stall_detector(stats: Rc<CoreStats>, config: StallDetectorConfi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glommio::{LocalExecutorBuilder, Placement};
 
-    fn run<F: std::future::Future<Output = ()>>(f: F) {
-        crate::io::ensure_memlock(crate::io::memlock_bytes_wanted(1, 1 << 20))
-            .expect("locked-memory limit");
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(1 << 20)
-            .make()
-            .expect("glommio executor")
-            .run(f);
-    }
+    use crate::io::run_test_executor as run;
 
     /// Fault model: a task blocks its thread for 80 ms without yielding (a synchronous syscall
     /// or a long computation). The detector must count it as a stall and record the lateness.
