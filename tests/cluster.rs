@@ -663,6 +663,64 @@ fn a_joining_node_becomes_a_voter_and_a_node_that_left_gets_no_new_records() {
     });
 }
 
+/// A node that joins a cluster already at its replication factor (3) stays a learner of every
+/// partition: a non-voting read replica, as in the seed. Every node agrees on its role, it
+/// receives every record (readable from it at the leader's offsets), and it never becomes a
+/// voter.
+#[test]
+fn a_node_joining_beyond_the_replication_factor_is_a_learner_that_gets_every_record() {
+    let mut cluster = start_cluster(new_cluster("cluster_learner"), 3);
+    let mut acked = produce(&cluster.client(), "before-learner", 10, 10);
+    cluster.start(4);
+    let client = cluster.client_of(&[1, 2, 3, 4]);
+    let addrs: Vec<SocketAddr> = [1, 2, 3, 4].iter().map(|id| cluster.addr(*id)).collect();
+    common::run(|| async {
+        let deadline = Instant::now() + CONVERGE;
+        for addr in &addrs {
+            loop {
+                let node = client.node(*addr).await.expect("connect");
+                let servers = node.get_servers().await;
+                let roles = servers.as_ref().ok().map(|s| {
+                    let role = |id: &str| {
+                        s.servers
+                            .iter()
+                            .find(|x| x.id == id)
+                            .map(|x| (x.partitions_learner.len(), x.partitions_voter.len()))
+                            .unwrap_or_default()
+                    };
+                    (role("1"), role("2"), role("3"), role("4"))
+                });
+                let all = PARTITIONS as usize;
+                if roles == Some(((0, all), (0, all), (0, all), (all, 0))) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{addr} never saw nodes 1-3 as voters and node 4 as a learner of every \
+                     partition (learner of, voter of): {roles:?}"
+                );
+                corelog::io::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    merge(
+        &mut acked,
+        produce(&cluster.client(), "with-learner", 10, 10),
+    );
+    assert_replicas_agree(&cluster, &[1, 2, 3, 4], &acked);
+    let client = cluster.client_of(&[1]);
+    let servers = common::run(|| async move { client.get_servers().await.expect("servers") });
+    let four = servers
+        .servers
+        .iter()
+        .find(|s| s.id == "4")
+        .expect("node 4");
+    assert!(
+        four.partitions_voter.is_empty(),
+        "node 4 became a voter: {four:?}"
+    );
+}
+
 /// Polls node 1 until node `id` is a voter of every partition; returns each distinct role
 /// node 1 reported for it on the way (`(learner of, voter of)`), which should go from learner
 /// to voter (a short learner phase may fall between two polls).
