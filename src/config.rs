@@ -120,6 +120,11 @@ pub struct ServeArgs {
     /// byte in it). Never use in production.
     #[arg(long, hide = true)]
     pub inject_fault: Option<ReadFault>,
+    /// TESTING ONLY: after this many writes to a partition's log files, every further write
+    /// and allocation of that partition fails with ENOSPC, as on a full disk. Never use in
+    /// production.
+    #[arg(long, hide = true)]
+    pub inject_disk_full_after_writes: Option<u64>,
     /// TOML file with any of these flags by long name (`data-dir = "/var/lib/corelog"`,
     /// `segment-bytes = 1073741824`); flags given on the command line override it.
     #[arg(long)]
@@ -204,6 +209,8 @@ pub struct NodeConfig {
     pub in_flight_max: usize,
     /// Testing only: a deliberate fault in what readers are served.
     pub read_fault: Option<ReadFault>,
+    /// Testing only: each partition's log sees a full disk after this many writes.
+    pub disk_full_after_writes: Option<u64>,
     /// Writes in flight that `--io-properties` chose: a group commit is up to this many writes
     /// of `write_bytes` (`LogConfig::write_bytes_max`), issued together.
     pub writes_in_flight: Option<usize>,
@@ -349,6 +356,7 @@ impl NodeConfig {
             connections_max: args.connections_max,
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             read_fault: args.inject_fault,
+            disk_full_after_writes: args.inject_disk_full_after_writes,
             writes_in_flight,
         })
     }

@@ -555,7 +555,16 @@ async fn open_partitions(
             config.retention_bytes = None;
             config.retention_ms = None;
         }
-        let log = Log::open(&dir, config)
+        let disk = match shared.config.disk_full_after_writes {
+            Some(n) => {
+                log::warn!("partition {p}: TESTING fault: the disk fills after {n} writes");
+                let faults = Rc::new(crate::io::Faults::new());
+                faults.set_disk_full_after_writes(n);
+                crate::io::Disk::with_faults(faults)
+            }
+            None => crate::io::Disk::new(),
+        };
+        let log = Log::open_with_disk(&dir, config, disk)
             .await
             .map_err(|e| format!("partition {p}: {e}"))?;
         stats.add_partition(p);

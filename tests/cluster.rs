@@ -721,6 +721,57 @@ fn a_node_joining_beyond_the_replication_factor_is_a_learner_that_gets_every_rec
     );
 }
 
+/// Fault model: one node's disk fills up under load (the testing-only
+/// `--inject-disk-full-after-writes`: after that many writes every write and allocation of
+/// each of its partition logs fails with ENOSPC). The cluster keeps acknowledging writes
+/// through the other two nodes, the full node's process keeps answering, nothing
+/// acknowledged is lost, and once restarted with space again the node recovers what it had
+/// made durable and catches up to every record.
+#[test]
+fn a_node_whose_disk_fills_up_loses_nothing_and_catches_up_after_a_restart() {
+    let mut cluster = new_cluster("cluster_disk_full");
+    cluster.start(1);
+    cluster.start(2);
+    cluster.start_with(3, &["--inject-disk-full-after-writes", "40"]);
+    cluster.wait_for_voters(&[1, 2, 3]);
+    // Enough commits that node 3's partitions pass 40 writes each.
+    let mut acked = produce(&cluster.client(), "filling", 60, 5);
+    let full = cluster.node(3).stderr();
+    assert!(
+        full.contains("disk full while writing"),
+        "node 3 never hit its full disk; its log:\n{full}"
+    );
+    // The others still take writes (whoever leads now), and the full node still answers.
+    merge(
+        &mut acked,
+        produce(&cluster.client_of(&[1, 2]), "after-full", 10, 5),
+    );
+    assert_replicas_agree(&cluster, &[1, 2], &acked);
+    let node3 = cluster.addr(3);
+    let client = cluster.client_of(&[3]);
+    let answered = common::run(|| async move {
+        let node = client.node(node3).await.expect("connect to node 3");
+        node.get_servers().await.map(|s| s.servers.len())
+    });
+    assert_eq!(answered.ok(), Some(3), "node 3 answers GetServers");
+    // Its stopped groups answer the leader's RPCs as UNAVAILABLE (without waking openraft,
+    // which would log every refused heartbeat as an error), and count them.
+    let stopped = cluster.node(3).stats_json()["errors"]["raft_stopped"].as_u64();
+    assert!(
+        stopped.is_some_and(|n| n > 0),
+        "node 3 answered no Raft RPC as stopped: {stopped:?}"
+    );
+
+    // Space again: node 3 restarts on its data directory and catches up.
+    cluster.kill9(3);
+    cluster.start(3);
+    merge(
+        &mut acked,
+        produce(&cluster.client(), "after-restart", 5, 5),
+    );
+    assert_replicas_agree(&cluster, &[1, 2, 3], &acked);
+}
+
 /// Polls node 1 until node `id` is a voter of every partition; returns each distinct role
 /// node 1 reported for it on the way (`(learner of, voter of)`), which should go from learner
 /// to voter (a short learner phase may fall between two polls).

@@ -19,6 +19,8 @@ pub struct Faults {
     sync_errors: Cell<u32>,
     read_errors: Cell<u32>,
     disk_full: Cell<bool>,
+    /// The disk becomes full once this many writes reached it.
+    full_after_writes: Cell<Option<u64>>,
     writes: Cell<u64>,
     syncs: Cell<u64>,
     reads: Cell<u64>,
@@ -51,6 +53,11 @@ impl Faults {
         self.disk_full.set(full);
     }
 
+    /// The disk becomes full (as [`Faults::set_disk_full`]) once `n` writes reached it.
+    pub fn set_disk_full_after_writes(&self, n: u64) {
+        self.full_after_writes.set(Some(n));
+    }
+
     /// Writes that reached the disk (not failed by injection).
     pub fn writes(&self) -> u64 {
         self.writes.get()
@@ -72,6 +79,13 @@ impl Faults {
     }
 
     pub(super) fn before_write(&self, path: &Path) -> Result<()> {
+        if self
+            .full_after_writes
+            .get()
+            .is_some_and(|n| self.writes.get() >= n)
+        {
+            self.disk_full.set(true);
+        }
         if self.disk_full.get() {
             return Err(enospc("writing", path));
         }

@@ -436,6 +436,17 @@ impl Connection {
                 self.shard.core, self.shard.node.config.node_id
             ));
             self.send_error(corr, err, permit.take());
+            return None;
+        }
+        // A group stopped by a storage failure answers from here: openraft would log every
+        // refused RPC at ERROR level (a leader's heartbeats alone are 20 a second).
+        let stopped = group.as_ref().and_then(|g| {
+            use openraft::async_runtime::WatchReceiver;
+            g.metrics().borrow_watched().running_state.clone().err()
+        });
+        if let Some(fatal) = stopped {
+            self.raft_fatal(corr, partition, &fatal, permit.take());
+            return None;
         }
         group
     }

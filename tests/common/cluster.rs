@@ -151,6 +151,11 @@ impl Cluster {
     /// Starts node `id`, or restarts it on the same port and data directory: the first
     /// bootstraps (`--cluster`), the others join node 1.
     pub fn start(&mut self, id: u64) {
+        self.start_with(id, &[]);
+    }
+
+    /// [`Cluster::start`] with more flags for this start of this node only.
+    pub fn start_with(&mut self, id: u64, extra: &[&str]) {
         assert!(!self.nodes.contains_key(&id), "node {id} is running");
         let port = *self.ports.entry(id).or_insert_with(free_port);
         if let Some(proxies) = &mut self.proxies {
@@ -186,6 +191,7 @@ impl Cluster {
             args.extend(["--replication-factor", rf]);
         }
         args.extend(self.args.iter().map(String::as_str));
+        args.extend_from_slice(extra);
         match &join {
             Some(addr) => args.extend(["--join", addr.as_str()]),
             None => args.push("--cluster"),
