@@ -9,9 +9,8 @@ use bytes::{Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::io::net::TcpIo;
-
 use super::{ClientConfig, ClientError};
+use crate::io::net::TcpIo;
 use crate::net::errors::ServerError;
 use crate::net::frame::{
     self, CORRELATION_ID_CONNECTION, FrameDecoder, Request, Response, decode_response,

@@ -30,10 +30,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-
-use crate::io::net::TcpIo;
 use glommio::sync::{Semaphore, StaticPermit};
 
+use crate::io::net::TcpIo;
 use crate::net::acl::{Action, Object};
 use crate::net::errors;
 use crate::net::frame::{self, FrameDecoder, FrameError, Request, Response};
