@@ -19,27 +19,42 @@ pub const COALESCE_BELOW_BYTES: usize = 16 << 10;
 /// Slices per vectored write.
 const SLICES_PER_WRITE: usize = 64;
 
-/// Writes `frames` in order (small ones coalesced through `buf`), then flushes.
+/// Writes `frames` in order (small ones coalesced through `buf`, which keeps its capacity
+/// from call to call), then flushes.
 pub async fn write_frames<'a, W: AsyncWrite + Unpin>(
     writer: &mut W,
     buf: &mut BytesMut,
     frames: impl IntoIterator<Item = &'a Bytes>,
 ) -> std::io::Result<()> {
+    /// A run of coalesced frames in `buf`, or a large frame passed as it is.
+    enum Piece<'f> {
+        Coalesced(std::ops::Range<usize>),
+        Frame(&'f Bytes),
+    }
     buf.clear();
-    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut runs: Vec<Piece<'a>> = Vec::new();
+    let mut run_start = 0;
     for frame in frames {
         if frame.len() < COALESCE_BELOW_BYTES {
             buf.extend_from_slice(frame);
             continue;
         }
-        if !buf.is_empty() {
-            pieces.push(buf.split().freeze());
+        if buf.len() > run_start {
+            runs.push(Piece::Coalesced(run_start..buf.len()));
+            run_start = buf.len();
         }
-        pieces.push(frame.clone());
+        runs.push(Piece::Frame(frame));
     }
-    if !buf.is_empty() {
-        pieces.push(buf.split().freeze());
+    if buf.len() > run_start {
+        runs.push(Piece::Coalesced(run_start..buf.len()));
     }
+    let pieces: Vec<&[u8]> = runs
+        .iter()
+        .map(|run| match run {
+            Piece::Coalesced(range) => &buf[range.clone()],
+            Piece::Frame(frame) => &frame[..],
+        })
+        .collect();
     write_all_pieces(writer, &pieces).await?;
     writer.flush().await
 }
@@ -47,7 +62,7 @@ pub async fn write_frames<'a, W: AsyncWrite + Unpin>(
 /// Writes every byte of `pieces`, in order, with vectored writes.
 async fn write_all_pieces<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    pieces: &[Bytes],
+    pieces: &[&[u8]],
 ) -> std::io::Result<()> {
     let (mut i, mut at) = (0, 0);
     while i < pieces.len() {
@@ -173,6 +188,11 @@ mod tests {
         );
         assert_eq!(out.taken, frames.concat(), "the stream is unchanged");
         assert_eq!(out.flushes, 1);
+        // The coalescing buffer is reused by the next call, not given away.
+        let (ptr, capacity) = (buf.as_ptr(), buf.capacity());
+        assert!(capacity >= 30);
+        futures::executor::block_on(write_frames(&mut out, &mut buf, &frames)).unwrap();
+        assert_eq!((buf.as_ptr(), buf.capacity()), (ptr, capacity));
     }
 
     #[test]
