@@ -761,6 +761,23 @@ fn a_node_whose_disk_fills_up_loses_nothing_and_catches_up_after_a_restart() {
         stopped.is_some_and(|n| n > 0),
         "node 3 answered no Raft RPC as stopped: {stopped:?}"
     );
+    // A produce sent to node 3 itself is UNAVAILABLE (its group of p0 has stopped).
+    let config = ClientConfig::new(node3, &cluster.tls, "client").unwrap();
+    let answer = common::run(|| async move {
+        let client = Client::connect(config).await.expect("connect to node 3");
+        client
+            .produce(0, vec![Bytes::from_static(b"to-node-3")])
+            .await
+    });
+    match answer {
+        Err(e) => assert!(e.to_string().contains("disk full"), "{e}"),
+        Ok(r) => panic!("a produce on node 3's stopped group was acknowledged: {r:?}"),
+    }
+    let log = cluster.node(3).stderr();
+    assert!(
+        !log.contains("failed to send RaftMsg to RaftCore"),
+        "node 3 called its stopped groups (openraft logged the refusals):\n{log}"
+    );
 
     // Space again: node 3 restarts on its data directory and catches up.
     cluster.kill9(3);

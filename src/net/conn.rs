@@ -437,12 +437,8 @@ impl Connection {
             self.send_error(corr, err, permit.take());
             return None;
         }
-        // A group stopped by a storage failure answers from here: openraft would log every
-        // refused RPC at ERROR level (a leader's heartbeats alone are 20 a second).
-        let stopped = group.as_ref().and_then(|g| {
-            use openraft::async_runtime::WatchReceiver;
-            g.metrics().borrow_watched().running_state.clone().err()
-        });
+        // A group stopped by a storage failure answers from here, not through openraft.
+        let stopped = group.as_ref().and_then(crate::raft::group::stopped);
         if let Some(fatal) = stopped {
             self.raft_fatal(corr, partition, &fatal, permit.take());
             return None;

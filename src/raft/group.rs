@@ -97,6 +97,13 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> GroupE
     }
 }
 
+/// Why `raft` stopped (openraft's `Fatal`, e.g. a storage failure), if it did. Callers answer
+/// from this instead of calling a stopped group: openraft logs every call it refuses at ERROR
+/// level, and a leader's heartbeats alone are 20 a second.
+pub fn stopped(raft: &Raft) -> Option<openraft::error::Fatal<TypeConfig>> {
+    raft.metrics().borrow_watched().running_state.clone().err()
+}
+
 /// A partition's Raft group.
 #[derive(Clone)]
 pub struct Group {
@@ -205,6 +212,9 @@ impl Group {
     /// Appends records through Raft; resolves with the base offset once committed (a majority
     /// has them durable) and applied here.
     pub async fn write(&self, batch: RecordBatch) -> Result<Offset, GroupError> {
+        if let Some(fatal) = stopped(&self.raft) {
+            return Err(GroupError::Unavailable(fatal.to_string()));
+        }
         match self.raft.client_write(batch).await {
             Ok(resp) => Ok(Offset(resp.data.base_offset)),
             Err(e) => Err(write_error(e)),
@@ -214,6 +224,9 @@ impl Group {
     /// Waits until a read of everything committed before now is safe here (read index).
     pub async fn linearizable_barrier(&self) -> Result<(), GroupError> {
         use openraft::error::LinearizableReadError;
+        if let Some(fatal) = stopped(&self.raft) {
+            return Err(GroupError::Unavailable(fatal.to_string()));
+        }
         match self
             .raft
             .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
