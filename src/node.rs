@@ -584,7 +584,7 @@ fn handle_core_msg(shard: &Rc<Shard>, msg: CoreMsg) {
             glommio::spawn_local(crate::net::conn::serve(shard.clone(), stream, kind)).detach();
         }
         CoreMsg::Stats { reply } => {
-            let _ = reply.send(shard.stats.snapshot());
+            let _ = reply.send(shard.stats_snapshot());
         }
         CoreMsg::Partitions { reply } => {
             let _ = reply.send(shard.local_partition_infos());

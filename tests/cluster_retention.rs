@@ -165,4 +165,19 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
             corelog::io::sleep(Duration::from_millis(100)).await;
         }
     });
+    // Node 3's /stats shows the log it rebuilt from the snapshot: it starts past the records
+    // it missed, ends where the leader's does, and its bytes hold every record it has.
+    let doc = cluster.node(3).stats_json();
+    let log = &doc["partitions"]["0"];
+    let n = |key: &str| {
+        log[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in node 3's /stats partition 0: {log}"))
+    };
+    let start = n("log_start_offset");
+    assert!(start > 50, "{log}");
+    assert_eq!(n("high_watermark"), total as u64, "{log}");
+    assert_eq!(n("log_end_offset"), total as u64, "{log}");
+    assert!(n("segments") >= 1, "{log}");
+    assert!(n("log_bytes") >= (total as u64 - start) * 1000, "{log}");
 }

@@ -616,6 +616,21 @@ fn stats_endpoint_values_move_after_traffic() {
     assert_eq!(count(&after, &["partitions", "1", "bytes_in"]), 20 * 150);
     assert_eq!(count(&after, &["partitions", "0", "bytes_in"]), 0);
     assert!(count(&after, &["totals", "bytes_out"]) >= 20 * 150);
+    // What each partition's log holds: 40 records in 20 batches on partition 1, nothing on 0.
+    assert_eq!(count(&after, &["partitions", "1", "log_start_offset"]), 0);
+    assert_eq!(count(&after, &["partitions", "1", "high_watermark"]), 40);
+    assert_eq!(count(&after, &["partitions", "1", "log_end_offset"]), 40);
+    assert!(
+        count(&after, &["partitions", "1", "log_bytes"]) > 20 * 150,
+        "{after}"
+    );
+    assert_eq!(count(&after, &["partitions", "1", "segments"]), 1);
+    assert_eq!(count(&after, &["partitions", "0", "high_watermark"]), 0);
+    assert_eq!(count(&after, &["partitions", "0", "log_bytes"]), 0);
+    assert_eq!(
+        count(&after, &["totals", "log_bytes"]),
+        count(&after, &["partitions", "1", "log_bytes"])
+    );
     assert!(count(&after, &["connections", "opened"]) > count(&before, &["connections", "opened"]));
 
     let (status, metrics) = node.http_get("/metrics");
@@ -632,6 +647,10 @@ fn stats_endpoint_values_move_after_traffic() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(produce_observations, 20.0, "{metrics}");
+    assert!(
+        metrics.contains("corelog_high_watermark{partition=\"1\"} 40\n"),
+        "{metrics}"
+    );
     assert!(
         metrics
             .lines()

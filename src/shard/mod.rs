@@ -19,7 +19,7 @@ use crate::io::net::HandoffSocket;
 use crate::net::acl::Policy;
 use crate::net::preamble::ConnKind;
 use crate::proto::PartitionInfo;
-use crate::stats::{CoreSnapshot, CoreStats};
+use crate::stats::{CoreSnapshot, CoreStats, LogGauges};
 use crate::storage::Log;
 use crate::sync::Event;
 use crate::types::Partition;
@@ -314,9 +314,29 @@ impl Shard {
         infos
     }
 
+    /// This core's stats, with what each of its partitions' logs holds now.
+    pub fn stats_snapshot(&self) -> CoreSnapshot {
+        let mut snapshot = self.stats.snapshot();
+        snapshot.logs = self
+            .logs
+            .iter()
+            .map(|(p, log)| {
+                let gauges = LogGauges {
+                    log_start_offset: log.lowest_offset().get(),
+                    high_watermark: log.durable_offset().get(),
+                    log_end_offset: log.written_offset().get(),
+                    log_bytes: log.size_bytes(),
+                    segments: log.segment_count() as u64,
+                };
+                (*p, gauges)
+            })
+            .collect();
+        snapshot
+    }
+
     /// Stats snapshots of every core, this one included.
     pub async fn all_snapshots(&self) -> Vec<CoreSnapshot> {
-        let mut snaps = vec![self.stats.snapshot()];
+        let mut snaps = vec![self.stats_snapshot()];
         for core in (0..self.node.cores).filter(|c| *c != self.core) {
             let (tx, rx) = futures::channel::oneshot::channel();
             if self

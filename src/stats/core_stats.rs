@@ -88,6 +88,23 @@ impl PartitionCounters {
     }
 }
 
+/// What a partition's log holds at the moment of a snapshot (gauges, read from the log by the
+/// core that owns it, not recorded as traffic goes by).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogGauges {
+    /// The oldest offset still held; retention moves it up.
+    pub log_start_offset: u64,
+    /// The end of what consumers can read: the first offset they cannot read yet.
+    pub high_watermark: u64,
+    /// The first offset not yet durable on this node. Above the high watermark while
+    /// replicated records wait for a majority; equal to it on a standalone node.
+    pub log_end_offset: u64,
+    /// Bytes of batches held over all segments (index files not included).
+    pub log_bytes: u64,
+    /// Segments held, the active one included.
+    pub segments: u64,
+}
+
 /// Client and peer connections on the one port.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionCounters {
@@ -313,6 +330,7 @@ impl CoreStats {
             bad_preambles: self.bad_preambles.get(),
             reactor: self.reactor.borrow().clone(),
             raft: self.raft.borrow().clone(),
+            logs: BTreeMap::new(),
         }
     }
 
@@ -341,6 +359,9 @@ pub struct CoreSnapshot {
     pub reactor: ReactorStats,
     /// The Raft state of each partition on this core that has one (none on a standalone node).
     pub raft: BTreeMap<Partition, RaftState>,
+    /// The logs of this core's partitions. [`CoreStats::snapshot`] leaves it empty: the shard,
+    /// which holds the logs, fills it (`Shard::stats_snapshot`).
+    pub logs: BTreeMap<Partition, LogGauges>,
 }
 
 // A snapshot crosses cores: keep it `Send` (a compile error here, not at the node's call site).

@@ -13,8 +13,11 @@
 //!     },
 //!     "consume": {…}, …
 //!   },
-//!   "partitions":  {"0": {"bytes_in", "records_in", "bytes_out", "records_out"}, …},
-//!   "totals":      {"bytes_in", "records_in", "bytes_out", "records_out"},
+//!   "partitions":  {"0": {"bytes_in", "records_in", "bytes_out", "records_out",
+//!                         "log_start_offset", "high_watermark", "log_end_offset",
+//!                         "log_bytes", "segments"}, …},
+//!   "totals":      {"bytes_in", "records_in", "bytes_out", "records_out", "log_bytes",
+//!                   "segments"},
 //!   "raft":        {"0": {"is_leader", "term", "leader", "last_log_index", "committed_index",
 //!                         "applied_index", "leader_changes", "takeover_elections",
 //!                         "takeover_votes_granted",
@@ -33,6 +36,10 @@
 //! Percentiles are hdrhistogram's: the highest value equivalent (within 0.1%) to the value at
 //! that rank. An op never recorded shows `count` 0 and zeros everywhere.
 //!
+//! The log keys of a partition ([`super::LogGauges`]) are its state when the document was made:
+//! offsets are record offsets, `log_bytes` the bytes of its segments' batches (index files not
+//! included). They are absent for a partition whose log did not report.
+//!
 //! `raft` is always present and holds the partitions whose Raft group reported state
 //! ([`super::RaftState`]): `{}` on a standalone node. `leader` is a Raft node id or `null`;
 //! indexes are Raft log indexes; `leader_changes` counts since start; `follower_lag` maps each
@@ -45,7 +52,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::core_stats::{ConnectionCounters, PartitionCounters, RaftState, ReactorStats};
+use super::core_stats::{
+    ConnectionCounters, LogGauges, PartitionCounters, RaftState, ReactorStats,
+};
 use super::node_stats::{CoreView, NodeStats, OpLatency};
 use super::op::Op;
 
@@ -60,8 +69,12 @@ pub fn render_json(stats: &NodeStats) -> String {
                 .map(|(op, latency)| (*op, op_json(latency)))
                 .collect(),
         ),
-        partitions: stats.partitions.iter().map(|(p, c)| (p.0, *c)).collect(),
-        totals: stats.totals,
+        partitions: partitions_json(stats),
+        totals: TotalsJson {
+            counters: stats.totals,
+            log_bytes: stats.logs.values().map(|l| l.log_bytes).sum(),
+            segments: stats.logs.values().map(|l| l.segments).sum(),
+        },
         raft: stats.raft.iter().map(|(p, state)| (p.0, state)).collect(),
         errors: &stats.errors,
         connections: connections_json(&stats.connections),
@@ -105,14 +118,44 @@ impl LatencySummary {
 struct Document<'a> {
     latency_unit: &'static str,
     ops: OpMap<OpJson>,
-    partitions: BTreeMap<u32, PartitionCounters>,
-    totals: PartitionCounters,
+    partitions: BTreeMap<u32, PartitionJson>,
+    totals: TotalsJson,
     raft: BTreeMap<u32, &'a RaftState>,
     errors: &'a BTreeMap<&'static str, u64>,
     connections: ConnectionsJson,
     bad_preambles: u64,
     reactor: ReactorJson,
     cores: Vec<CoreJson>,
+}
+
+/// One partition's traffic counters and, when its log reported, what the log holds.
+#[derive(Serialize)]
+struct PartitionJson {
+    #[serde(flatten)]
+    counters: PartitionCounters,
+    #[serde(flatten)]
+    log: Option<LogGauges>,
+}
+
+#[derive(Serialize)]
+struct TotalsJson {
+    #[serde(flatten)]
+    counters: PartitionCounters,
+    log_bytes: u64,
+    segments: u64,
+}
+
+/// Every partition that has counters or a log.
+fn partitions_json(stats: &NodeStats) -> BTreeMap<u32, PartitionJson> {
+    let keys = stats.partitions.keys().chain(stats.logs.keys());
+    keys.map(|p| {
+        let json = PartitionJson {
+            counters: stats.partitions.get(p).copied().unwrap_or_default(),
+            log: stats.logs.get(p).copied(),
+        };
+        (p.0, json)
+    })
+    .collect()
 }
 
 /// A map from op label to `T`, serialized in [`Op::ALL`] order (a `BTreeMap` keyed by label
@@ -229,6 +272,43 @@ mod tests {
         b.record_error("not_leader");
         b.connection_opened();
         render_json(&merge(&[a.snapshot(), b.snapshot()]))
+    }
+
+    #[test]
+    fn partitions_show_their_log_and_totals_sum_bytes_and_segments() {
+        let a = CoreStats::new(0);
+        a.add_partition(Partition(0));
+        a.record_in(Partition(0), 3, 30);
+        let mut snapshot = a.snapshot();
+        let log = |start, end, bytes, segments| crate::stats::LogGauges {
+            log_start_offset: start,
+            high_watermark: end,
+            log_end_offset: end + 1,
+            log_bytes: bytes,
+            segments,
+        };
+        snapshot.logs.insert(Partition(0), log(0, 3, 300, 1));
+        // A partition with a log and no traffic yet is listed too.
+        snapshot.logs.insert(Partition(4), log(8, 9, 4096, 3));
+        let doc: serde_json::Value =
+            serde_json::from_str(&render_json(&merge(&[snapshot]))).expect("valid JSON");
+        let p0 = &doc["partitions"]["0"];
+        assert_eq!(p0["records_in"], 3);
+        assert_eq!(p0["log_start_offset"], 0);
+        assert_eq!(p0["high_watermark"], 3);
+        assert_eq!(p0["log_end_offset"], 4);
+        assert_eq!(p0["log_bytes"], 300);
+        assert_eq!(p0["segments"], 1);
+        let p4 = &doc["partitions"]["4"];
+        assert_eq!(p4["records_in"], 0);
+        assert_eq!(p4["log_start_offset"], 8);
+        assert_eq!(doc["totals"]["log_bytes"], 4396);
+        assert_eq!(doc["totals"]["segments"], 4);
+        assert_eq!(doc["totals"]["records_in"], 3);
+        // Without a reported log, a partition has only its counters.
+        let counters_only: serde_json::Value =
+            serde_json::from_str(&sample_text()).expect("valid JSON");
+        assert!(counters_only["partitions"]["0"].get("log_bytes").is_none());
     }
 
     fn assert_summary(v: &serde_json::Value, at: &str) {

@@ -30,8 +30,8 @@ mod stall;
 
 pub use core_stats::{
     ConnectionCounters, CoreSnapshot, CoreStats, LATENCY_SIGNIFICANT_DIGITS, LATENCY_US_MAX,
-    LATENCY_US_MIN, LatencyKey, PartitionCounters, RaftState, ReactorStats, new_latency_histogram,
-    record_latency_us,
+    LATENCY_US_MIN, LatencyKey, LogGauges, PartitionCounters, RaftState, ReactorStats,
+    new_latency_histogram, record_latency_us,
 };
 pub use json::{LatencySummary, render_json};
 pub use node_stats::{CoreView, NodeStats, OpLatency, merge};

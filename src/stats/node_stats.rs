@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 
 use super::core_stats::{
-    ConnectionCounters, CoreSnapshot, PartitionCounters, RaftState, ReactorStats, add_histogram,
-    new_latency_histogram,
+    ConnectionCounters, CoreSnapshot, LogGauges, PartitionCounters, RaftState, ReactorStats,
+    add_histogram, new_latency_histogram,
 };
 use super::op::Op;
 use crate::types::Partition;
@@ -57,6 +57,8 @@ pub struct NodeStats {
     pub reactor: ReactorStats,
     /// The Raft state of every partition that has one; empty on a standalone node.
     pub raft: BTreeMap<Partition, RaftState>,
+    /// What each partition's log holds.
+    pub logs: BTreeMap<Partition, LogGauges>,
     /// One entry per snapshot, ordered by core.
     pub cores: Vec<CoreView>,
 }
@@ -82,6 +84,7 @@ pub fn merge(snapshots: &[CoreSnapshot]) -> NodeStats {
         bad_preambles: 0,
         reactor: ReactorStats::default(),
         raft: BTreeMap::new(),
+        logs: BTreeMap::new(),
         cores: Vec::with_capacity(snapshots.len()),
     };
     for snapshot in snapshots {
@@ -121,6 +124,14 @@ fn merge_one(node: &mut NodeStats, snapshot: &CoreSnapshot) {
     for (partition, state) in &snapshot.raft {
         merge_raft_state(&mut node.raft, *partition, state);
     }
+    // One core owns a partition's log. Were two to report one, keep the one further along,
+    // whatever order the cores replied in.
+    for (partition, log) in &snapshot.logs {
+        let kept = node.logs.entry(*partition).or_insert(*log);
+        if (log.log_end_offset, log.log_bytes) > (kept.log_end_offset, kept.log_bytes) {
+            *kept = *log;
+        }
+    }
 }
 
 /// Adds one core's `state` for `partition`. Two cores never own one partition, but if reports
@@ -157,6 +168,7 @@ fn core_view(snapshot: &CoreSnapshot) -> CoreView {
     }
     partitions.extend(snapshot.partitions.keys().copied());
     partitions.extend(snapshot.raft.keys().copied());
+    partitions.extend(snapshot.logs.keys().copied());
     partitions.sort();
     partitions.dedup();
     CoreView {
@@ -321,6 +333,34 @@ mod tests {
         ] {
             let node = merge(&snapshots);
             assert_eq!(node.raft[&Partition(0)], raft_state(false, 3, 9));
+        }
+    }
+
+    fn gauges(end: u64, bytes: u64) -> LogGauges {
+        LogGauges {
+            log_start_offset: 1,
+            high_watermark: end,
+            log_end_offset: end,
+            log_bytes: bytes,
+            segments: 2,
+        }
+    }
+
+    #[test]
+    fn logs_are_the_union_of_every_cores_partitions_and_an_overlap_keeps_the_longer() {
+        let mut a = CoreStats::new(0).snapshot();
+        let mut b = CoreStats::new(1).snapshot();
+        a.logs.insert(Partition(0), gauges(10, 100));
+        a.logs.insert(Partition(2), gauges(5, 50));
+        b.logs.insert(Partition(1), gauges(7, 70));
+        b.logs.insert(Partition(2), gauges(6, 60));
+        for snapshots in [vec![a.clone(), b.clone()], vec![b.clone(), a.clone()]] {
+            let node = merge(&snapshots);
+            assert_eq!(node.logs.len(), 3);
+            assert_eq!(node.logs[&Partition(0)], gauges(10, 100));
+            assert_eq!(node.logs[&Partition(1)], gauges(7, 70));
+            assert_eq!(node.logs[&Partition(2)], gauges(6, 60));
+            assert_eq!(node.cores[1].partitions, vec![Partition(1), Partition(2)]);
         }
     }
 

@@ -12,6 +12,8 @@
 //! | `corelog_op_latency_seconds` | histogram | `op`, `partition` (absent for node-wide ops) |
 //! | `corelog_bytes_in_total`, `corelog_bytes_out_total` | counter | `partition` |
 //! | `corelog_records_in_total`, `corelog_records_out_total` | counter | `partition` |
+//! | `corelog_log_start_offset`, `corelog_high_watermark`, `corelog_log_end_offset` | gauge | `partition` |
+//! | `corelog_log_bytes`, `corelog_log_segments` | gauge | `partition` |
 //! | `corelog_raft_is_leader` (1 or 0), `corelog_raft_term` | gauge | `partition` |
 //! | `corelog_raft_leader_changes_total` | counter | `partition` |
 //! | `corelog_raft_takeover_elections_total` | counter | `partition` |
@@ -227,12 +229,60 @@ impl Exposition {
 
         let mut families = vec![latency];
         families.extend(partition_counters);
+        families.extend(log_families(stats));
         families.extend(raft_families(stats));
         families.push(errors);
         families.extend(per_core);
         families.push(lateness);
         Exposition { families }
     }
+}
+
+/// What each partition's log holds (gauges; see [`crate::stats::LogGauges`]).
+fn log_families(stats: &NodeStats) -> [Family; 5] {
+    let mut families = [
+        Family::new(
+            "corelog_log_start_offset",
+            "The oldest offset a partition still holds.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_high_watermark",
+            "The first offset of a partition that consumers cannot read yet.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_log_end_offset",
+            "The first offset of a partition not yet durable on this node.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_log_bytes",
+            "Bytes of batches a partition holds on disk, over all its segments.",
+            MetricType::Gauge,
+        ),
+        Family::new(
+            "corelog_log_segments",
+            "Segments a partition holds, the active one included.",
+            MetricType::Gauge,
+        ),
+    ];
+    for (partition, log) in &stats.logs {
+        let values = [
+            log.log_start_offset,
+            log.high_watermark,
+            log.log_end_offset,
+            log.log_bytes,
+            log.segments,
+        ];
+        for (family, value) in families.iter_mut().zip(values) {
+            family.push(
+                vec![("partition", partition.to_string())],
+                Value::Gauge(value),
+            );
+        }
+    }
+    families
 }
 
 impl Collector for Exposition {
@@ -741,6 +791,36 @@ mod tests {
             series["op=raft_apply,partition=0"].count, 0.0,
             "allocated by add_partition, never recorded"
         );
+    }
+
+    #[test]
+    fn logs_are_gauges_per_partition() {
+        let mut snapshot = CoreStats::new(0).snapshot();
+        let gauges = crate::stats::LogGauges {
+            log_start_offset: 5,
+            high_watermark: 9,
+            log_end_offset: 11,
+            log_bytes: 8192,
+            segments: 2,
+        };
+        snapshot.logs.insert(Partition(3), gauges);
+        let text = render_prometheus(&merge(&[snapshot]));
+        for (family, value) in [
+            ("corelog_log_start_offset", 5),
+            ("corelog_high_watermark", 9),
+            ("corelog_log_end_offset", 11),
+            ("corelog_log_bytes", 8192),
+            ("corelog_log_segments", 2),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} gauge\n")),
+                "{family}: {text}"
+            );
+            assert!(
+                text.contains(&format!("{family}{{partition=\"3\"}} {value}\n")),
+                "{family}: {text}"
+            );
+        }
     }
 
     #[test]
