@@ -8,10 +8,16 @@
 //! - it hands its encrypted records to `write_vectored`, which glommio does not implement: the
 //!   default writes only the first slice, one 16 KiB record per syscall.
 //!
-//! `TcpIo` reads up to [`READ_BUFFER_BYTES`] per syscall into its own buffer and serves the
-//! small reads from it (one more copy, far cheaper than the syscalls), and writes all the
-//! slices it is given with one `sendmsg`, falling back to the stream's own `poll_write` (which
-//! registers for writability) when the socket is full.
+//! `TcpIo` reads up to [`READ_BUFFER_BYTES`] per syscall into a buffer and serves the small
+//! reads from it (one more copy, far cheaper than the syscalls), and writes all the slices it
+//! is given with one `sendmsg`, falling back to the stream's own `poll_write` (which registers
+//! for writability) when the socket is full.
+//!
+//! A connection holds a read buffer only while it has bytes to read: when a read finds the
+//! socket empty (the connection waits), an emptied buffer goes back to its core's pool, and
+//! the next read takes one from there. Memory follows the connections that are busy at once,
+//! not the ones open (4,096 idle clients hold none), and a busy connection pays neither an
+//! allocation nor zeroing per wait.
 //!
 //! ## Moving a connection between cores
 //!
@@ -24,14 +30,39 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use futures::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-/// Bytes [`TcpIo`] asks the kernel for per read: 16 TLS records. Every connection holds one
-/// such buffer (64 MiB at 1,024 connections; `--connections-max` bounds them).
+/// Bytes [`TcpIo`] asks the kernel for per read: 16 TLS records. A connection holds such a
+/// buffer only while it has bytes to read (module docs).
 pub const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// Read buffers a core keeps for its next busy connections (4 MiB); beyond that, a returned
+/// buffer is freed.
+const READ_BUFFERS_POOLED_MAX: usize = 64;
+
+thread_local! {
+    /// This core's spare read buffers (each executor is one thread).
+    static READ_BUFFERS: std::cell::RefCell<Vec<Box<[u8]>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_read_buffer() -> Box<[u8]> {
+    READ_BUFFERS
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; READ_BUFFER_BYTES].into_boxed_slice())
+}
+
+fn give_back_read_buffer(buf: Box<[u8]>) {
+    READ_BUFFERS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < READ_BUFFERS_POOLED_MAX {
+            pool.push(buf);
+        }
+    });
+}
 
 /// Slices [`TcpIo`] passes to one `sendmsg` (the kernel's limit is 1024).
 const WRITE_SLICES_MAX: usize = 64;
@@ -39,7 +70,8 @@ const WRITE_SLICES_MAX: usize = 64;
 /// A connected TCP stream with large reads and real vectored writes (module docs).
 pub struct TcpIo {
     stream: TcpStream,
-    buf: Box<[u8]>,
+    /// Only while the connection has bytes to read (module docs).
+    buf: Option<Box<[u8]>>,
     /// `buf[start..end]` is read but not yet handed out.
     start: usize,
     end: usize,
@@ -49,7 +81,7 @@ impl TcpIo {
     pub fn new(stream: TcpStream) -> TcpIo {
         TcpIo {
             stream,
-            buf: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            buf: None,
             start: 0,
             end: 0,
         }
@@ -57,6 +89,19 @@ impl TcpIo {
 
     pub fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// Whether this connection holds a read buffer now.
+    pub fn holds_read_buffer(&self) -> bool {
+        self.buf.is_some()
+    }
+}
+
+impl Drop for TcpIo {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_back_read_buffer(buf);
+        }
     }
 }
 
@@ -68,15 +113,27 @@ impl AsyncRead for TcpIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.start == this.end {
-            if out.len() >= this.buf.len() {
+            if out.len() >= READ_BUFFER_BYTES {
                 return Pin::new(&mut this.stream).poll_read(cx, out);
             }
-            let n = ready!(Pin::new(&mut this.stream).poll_read(cx, &mut this.buf))?;
-            this.start = 0;
-            this.end = n;
+            let buf = this.buf.get_or_insert_with(take_read_buffer);
+            match Pin::new(&mut this.stream).poll_read(cx, buf) {
+                Poll::Ready(read) => {
+                    this.start = 0;
+                    this.end = read?;
+                }
+                Poll::Pending => {
+                    // Nothing to read: the connection waits without a buffer.
+                    if let Some(buf) = this.buf.take() {
+                        give_back_read_buffer(buf);
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
+        let buf = this.buf.as_deref().expect("bytes are held in a buffer");
         let n = out.len().min(this.end - this.start);
-        out[..n].copy_from_slice(&this.buf[this.start..this.start + n]);
+        out[..n].copy_from_slice(&buf[this.start..this.start + n]);
         this.start += n;
         Poll::Ready(Ok(n))
     }
@@ -168,6 +225,61 @@ mod tests {
     use glommio::net::TcpListener;
 
     use crate::io::run_test_executor as run;
+
+    fn pooled_read_buffers() -> usize {
+        READ_BUFFERS.with(|pool| pool.borrow().len())
+    }
+
+    /// A connection waiting for bytes holds no read buffer: it went back to the core's pool,
+    /// the next read takes that same buffer again, and a dropped connection returns its own.
+    #[test]
+    fn a_waiting_connection_gives_its_read_buffer_back_to_the_core() {
+        run(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut client = TcpIo::new(TcpStream::connect(addr).await.unwrap());
+            let mut server = TcpIo::new(listener.accept().await.unwrap());
+            assert!(
+                !server.holds_read_buffer(),
+                "no buffer before the first read"
+            );
+            let pooled = pooled_read_buffers();
+
+            client.write_all(b"hello world").await.unwrap();
+            let mut small = [0u8; 5];
+            server.read_exact(&mut small).await.unwrap();
+            assert_eq!(&small, b"hello");
+            assert!(
+                server.holds_read_buffer(),
+                "unread bytes stay in the buffer"
+            );
+
+            // The rest is served from the buffer, then the next read waits: the buffer goes
+            // back to the pool while the connection waits.
+            let mut rest = [0u8; 6];
+            server.read_exact(&mut rest).await.unwrap();
+            assert_eq!(&rest, b" world");
+            let mut waiting = [0u8; 8];
+            let idle = futures_lite::future::poll_once(server.read(&mut waiting)).await;
+            assert!(idle.is_none(), "nothing was sent: the read waits");
+            assert!(!server.holds_read_buffer());
+            assert_eq!(pooled_read_buffers(), pooled + 1);
+
+            // Reading again takes a buffer from the pool rather than allocating one.
+            client.write_all(b"again").await.unwrap();
+            let mut again = [0u8; 5];
+            server.read_exact(&mut again).await.unwrap();
+            assert_eq!(&again, b"again");
+            assert!(server.holds_read_buffer());
+            assert_eq!(pooled_read_buffers(), pooled);
+            drop(server);
+            assert_eq!(
+                pooled_read_buffers(),
+                pooled + 1,
+                "a closed connection returns it"
+            );
+        });
+    }
 
     /// 32 MiB in many slices through loopback (far more than the socket buffers hold, so the
     /// writer meets a full socket and must wait for writability), read back in small reads:
