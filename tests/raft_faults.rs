@@ -12,8 +12,9 @@
 //! the entries of that group commit too (written, only their sync failed), but only whole.
 //!
 //! `raft-meta` (the vote) is written by `Disk::write_file_atomic` (src/io/mod.rs): the
-//! temporary file's create, write and `fsync` and the rename use `std::fs` directly, so the
-//! injector reaches only the directory `fsync` after the rename (`Disk::sync_dir`). The tests
+//! temporary file's create, write and `fdatasync` and the rename go to glommio directly, not
+//! through the injector, which reaches only the directory `fsync` after the rename
+//! (`Disk::sync_dir`). The tests
 //! below say which part of the vote write each fault hits.
 
 mod common;
