@@ -199,6 +199,65 @@ fn truncate_removes_whole_segments_below_lowest() {
     });
 }
 
+/// Segments are deleted off the core's thread once reads let go of them (src/storage/log.rs,
+/// `delete_segments`). A reader that holds the oldest segments when truncate removes them
+/// still reads every byte it was given; truncate waits for it only briefly; the files of the
+/// removed segments are gone from the directory at once.
+#[test]
+fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
+    let dir = test_dir("remove-under-reader");
+    let stores = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("store".as_ref()))
+            .count()
+    };
+    let check_dir = dir.clone();
+    run(|| async move {
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        for i in 0..200u32 {
+            log.append(&vec![i as u8; 1000]).await.unwrap();
+        }
+        let before = stores(&check_dir);
+        assert!(before > 2, "{before} segments");
+        let mut reader = log.reader();
+        let mut all = reader.next_chunk().await.unwrap().unwrap().to_vec();
+
+        let started = std::time::Instant::now();
+        log.truncate(Offset(100)).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "truncate took {took:?}"
+        );
+        let after = stores(&check_dir);
+        assert_eq!(
+            after,
+            log.segment_count(),
+            "the removed segments' files are gone"
+        );
+        assert!(after < before);
+
+        while let Some(chunk) = reader.next_chunk().await.unwrap() {
+            all.extend_from_slice(&chunk);
+        }
+        let mut bytes = Bytes::from(all);
+        let mut next = 0u64;
+        while !bytes.is_empty() {
+            let batch = corelog::storage::Batch::parse(bytes.clone()).unwrap();
+            for (off, value) in batch.records() {
+                assert_eq!(off, Offset(next));
+                assert_eq!(value, Bytes::from(vec![next as u8; 1000]));
+                next += 1;
+            }
+            bytes = bytes.slice(batch.len()..);
+        }
+        assert_eq!(next, 200, "the reader read every record it was given");
+        drop(reader);
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn initial_offset_sets_the_first_offset_of_a_new_log() {
     let dir = test_dir("initial-offset");

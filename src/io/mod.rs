@@ -159,6 +159,29 @@ impl Disk {
         }
     }
 
+    /// Removes files on glommio's blocking-thread pool, in order; a file already gone is not an
+    /// error. For large files: freeing a file's blocks (and trimming them, on a filesystem
+    /// mounted with `discard`) falls on the thread that removes the last name of a file nobody
+    /// has open. On this machine's ext4 that is 1.2 s for 1 GiB, which would stop a core.
+    pub async fn remove_files_off_thread(&self, paths: Vec<PathBuf>) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let removed = glommio::executor()
+            .spawn_blocking(move || {
+                for path in paths {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err((path, e)),
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        removed.map_err(|(path, e)| Error::from_io("removing", &path, e))
+    }
+
     /// Lists the names of the entries of `dir`.
     pub fn list_dir(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::from_io("listing", dir, e))?;

@@ -156,6 +156,15 @@ impl Segment {
         self.sealed.get()
     }
 
+    /// Closes the segment's files, if nothing else holds them.
+    pub(crate) async fn close(self) {
+        for file in [self.store, self.index_file] {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                let _ = file.close().await;
+            }
+        }
+    }
+
     pub fn store_path(&self) -> &Path {
         &self.store_path
     }
