@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Reactor stalls and produce latency with many Raft groups on one core (README "Many
-# partitions on one core"): a node with 16 partitions on CPU 0 under a fixed, moderate load
-# from loadgen on CPU 1 (20,000 records/s of 1 KiB, 16 per request, 4 in flight per
-# partition's producer, durable acks), first standalone (the baseline: no Raft), then as a
-# one-node cluster (every partition a Raft group that saves its state as it commits).
+# Reactor stalls: what holds a core (README "What holds a core"). Per round, three runs:
+#   standalone — a node with 16 partitions on CPU 0 under a fixed, moderate load from loadgen
+#                on CPU 1 (20,000 records/s of 1 KiB, 16 per request, 4 in flight per
+#                partition's producer, durable acks): the baseline;
+#   raft       — the same as a one-node cluster: every partition a Raft group that saves its
+#                state as it commits;
+#   retention  — a standalone node with one partition, 256 MiB segments and 256 MiB of
+#                retention, at 100,000 records/s for 10 s (64 per request, 8 in flight):
+#                about four segments deleted while it takes writes.
 #
 # Usage: loadgen/bench/stalls.sh [OUT_DIR]      (default OUT_DIR: target/loadgen-stalls)
 #        ROUNDS=N (default 2)
@@ -29,11 +33,12 @@ mkdir -p "$OUT"
 TLS="$OUT/tls"
 "$CORELOG" certs --out "$TLS" --node node --client client >/dev/null
 
-run() { # NAME EXTRA_SERVE_FLAGS...
-    local name=$1
-    shift
+run() { # NAME PARTITIONS LOADGEN_FLAGS EXTRA_SERVE_FLAGS...
+    local name=$1 partitions=$2
+    read -r -a load <<<"$3"
+    shift 3
     rm -rf "$OUT/data"
-    "$CORELOG" serve --data-dir "$OUT/data" --cpuset 0 --partitions 16 \
+    "$CORELOG" serve --data-dir "$OUT/data" --cpuset 0 --partitions "$partitions" \
         --tls-dir "$TLS" --tls-name node --listen 127.0.0.1:0 --stats-listen 127.0.0.1:0 \
         "$@" >"$OUT/$name.log" 2>&1 &
     local pid=$!
@@ -49,14 +54,13 @@ run() { # NAME EXTRA_SERVE_FLAGS...
         exit 1
     fi
     local cluster=()
-    if [ "$#" -gt 0 ]; then
+    if [[ " $* " == *" --cluster "* ]]; then
         cluster=(--cluster)
         # Every group elects its (only) node before the load starts.
         sleep 3
     fi
     "$LOADGEN" --tls-dir "$TLS" --cpuset 1 --addr "$addr" "${cluster[@]}" \
-        --record-bytes 1024 --batch-records 16 --in-flight 4 --rate 20000 \
-        --duration 8s --warmup 1s --consumers 0 >"$OUT/$name.txt"
+        --record-bytes 1024 "${load[@]}" --warmup 1s --consumers 0 >"$OUT/$name.txt"
     curl -s "$stats/stats" >"$OUT/$name.stats.json"
     kill -TERM "$pid"
     wait "$pid" || true
@@ -73,8 +77,12 @@ PY
 
 echo "| run | records/s | p50 ms | p99 ms | max ms | reactor stalls | lateness p99 ms | lateness max ms |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+MANY="--batch-records 16 --in-flight 4 --rate 20000 --duration 8s"
+RETENTION="--batch-records 64 --in-flight 8 --rate 100000 --duration 10s"
 for round in $(seq "$ROUNDS"); do
-    run "r$round-standalone"
-    run "r$round-raft" --node-id 1 --cluster
+    run "r$round-standalone" 16 "$MANY"
+    run "r$round-raft" 16 "$MANY" --node-id 1 --cluster
+    run "r$round-retention" 1 "$RETENTION" --segment-bytes 268435456 \
+        --retention-bytes 268435456 --retention-check-ms 500
 done
 rm -rf "$OUT/data"
