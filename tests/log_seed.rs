@@ -199,10 +199,10 @@ fn truncate_removes_whole_segments_below_lowest() {
     });
 }
 
-/// Segments are deleted off the core's thread once reads let go of them (src/storage/log.rs,
+/// Segments are deleted in the background once reads let go of them (src/storage/log.rs,
 /// `delete_segments`). A reader that holds the oldest segments when truncate removes them
-/// still reads every byte it was given; truncate waits for it only briefly; the files of the
-/// removed segments are gone from the directory at once.
+/// still reads every byte it was given; truncate waits for it only briefly; the removed
+/// segments' files leave their names at once and are gone soon after.
 #[test]
 fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
     let dir = test_dir("remove-under-reader");
@@ -234,7 +234,7 @@ fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
         assert_eq!(
             after,
             log.segment_count(),
-            "the removed segments' files are gone"
+            "the removed segments' names are free"
         );
         assert!(after < before);
 
@@ -254,6 +254,51 @@ fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
         }
         assert_eq!(next, 200, "the reader read every record it was given");
         drop(reader);
+        wait_for_no_deleted_files(&check_dir).await;
+        log.close().await.unwrap();
+    });
+}
+
+/// Waits (up to 10 s) until `dir` holds no segment file being deleted.
+async fn wait_for_no_deleted_files(dir: &std::path::Path) {
+    let deleted = || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("deleted".as_ref()))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while deleted() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment files being deleted were never removed"
+        );
+        corelog::io::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A deletion a crash interrupted leaves `<base>.store.deleted` files: the next open removes
+/// them (in the background, a 40 MiB one shrunk step by step first), and the log is whole.
+#[test]
+fn segment_files_left_being_deleted_by_a_crash_are_removed_at_open() {
+    let dir = test_dir("deleted-leftovers");
+    let check_dir = dir.clone();
+    run(|| async move {
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        for i in 0..10u32 {
+            log.append(format!("r{i}").as_bytes()).await.unwrap();
+        }
+        log.close().await.unwrap();
+        let big = dir.join("00000000000000000000.store.deleted");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(40 << 20)
+            .unwrap();
+        std::fs::write(dir.join("00000000000000000000.index.deleted"), b"old").unwrap();
+
+        let log = Log::open(&dir, small_segments()).await.unwrap();
+        wait_for_no_deleted_files(&check_dir).await;
+        assert_eq!(log.read(Offset(9)).await.unwrap().value, Bytes::from("r9"));
         log.close().await.unwrap();
     });
 }

@@ -488,7 +488,10 @@ fn list_partition(disk: &Disk, dir: &Path) -> Result<Listing> {
             listing.stores.push(base);
         } else if let Some(base) = parse_segment_name(&path, INDEX_SUFFIX) {
             listing.indexes.push(base);
-        } else if file_name(&path) != TRUNCATE_MARKER && file_name(&path) != RAFT_META {
+        } else if file_name(&path) != TRUNCATE_MARKER
+            && file_name(&path) != RAFT_META
+            && !crate::storage::segment::is_deleted_path(&path)
+        {
             listing.other.push(file_name(&path));
         }
     }
@@ -1477,6 +1480,8 @@ mod tests {
         std::fs::write(index_path(&dir, Offset(50)), [0u8; 4096]).unwrap();
         std::fs::write(dir.join("raft-meta"), b"meta").unwrap();
         std::fs::write(dir.join("notes.txt"), b"foreign").unwrap();
+        // A deletion a crash interrupted (the node removes it at the next open): not foreign.
+        std::fs::write(dir.join("00000000000000000000.store.deleted"), b"old").unwrap();
         let mut marker = 3u64.to_le_bytes().to_vec();
         marker.extend(crc32c::crc32c(&marker).to_le_bytes());
         std::fs::write(dir.join(TRUNCATE_MARKER), marker).unwrap();

@@ -796,17 +796,20 @@ impl Log {
 /// `Reader`) closes them itself when it is dropped, and pays for the freeing then.
 const SEGMENT_RELEASE_WAIT: Duration = Duration::from_millis(100);
 
-/// Closes `seg`'s files once nothing else holds the segment, waiting until `deadline`. After
-/// that it gives up: the last reader to let go closes them.
-async fn close_when_released(mut seg: Rc<Segment>, deadline: Instant) {
+/// Closes `seg`'s files once nothing else holds the segment, waiting until `deadline`; whether
+/// it did. After that it gives up: the last reader to let go closes them.
+async fn close_when_released(mut seg: Rc<Segment>, deadline: Instant) -> bool {
     loop {
         match Rc::try_unwrap(seg) {
-            Ok(owned) => return owned.close().await,
+            Ok(owned) => {
+                owned.close().await;
+                return true;
+            }
             Err(shared) if Instant::now() < deadline => {
                 seg = shared;
                 io::sleep(Duration::from_millis(5)).await;
             }
-            Err(_) => return,
+            Err(_) => return false,
         }
     }
 }
@@ -1334,26 +1337,42 @@ impl Shared {
         self.delete_segments(vec![seg]).await
     }
 
-    /// Deletes the files of segments the log no longer holds, without stopping the core.
+    /// Deletes the files of segments the log no longer holds, without stopping the core or
+    /// the disk.
     ///
     /// Freeing a large file's blocks costs whichever thread drops its last reference, the
     /// name or the last open descriptor: 0.5 s for a 256 MiB segment on this machine's ext4
-    /// (mounted with `discard`), during which every partition of the core waited and a Raft
-    /// leader could miss its heartbeats. So each segment is closed here first, while its files
-    /// are still linked (cheap), once reads still in flight have let go of it (up to
-    /// [`SEGMENT_RELEASE_WAIT`] for all of them), and the names are removed on glommio's
-    /// blocking-thread pool,
-    /// where the freeing then happens. This runs under the log's lock, so no segment file of
-    /// the same name can be created meanwhile.
+    /// (mounted with `discard`). Done on the core, every partition of it waited and a Raft
+    /// leader could miss its heartbeats. So, under the log's lock (no new segment can take
+    /// the name meanwhile), each file is renamed out of the way ([`segment::deleted_path`])
+    /// and the segment closed, while still linked (cheap), once reads in flight let go of it
+    /// (up to [`SEGMENT_RELEASE_WAIT`] for all of them). A background thread then shrinks and
+    /// removes the files ([`Disk::remove_files_in_background`]), outside the lock; recovery
+    /// removes what a crash left.
     async fn delete_segments(&self, segments: Vec<Rc<Segment>>) -> Result<()> {
         let deadline = Instant::now() + SEGMENT_RELEASE_WAIT;
-        let mut paths = Vec::with_capacity(2 * segments.len());
+        let mut doomed = Vec::with_capacity(2 * segments.len());
         for seg in segments {
-            paths.push(seg.store_path().to_path_buf());
-            paths.push(seg.index_path().to_path_buf());
-            close_when_released(seg, deadline).await;
+            let mut renamed = Vec::with_capacity(2);
+            for path in [seg.store_path(), seg.index_path()] {
+                let to = segment::deleted_path(path);
+                match glommio::io::rename(path, &to).await {
+                    Ok(()) => renamed.push(to),
+                    Err(e) => {
+                        let e: std::io::Error = e.into();
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(Error::from_io("renaming", path, e));
+                        }
+                    }
+                }
+            }
+            // Only a file nobody reads any more may be shrunk first; a reader still holding
+            // one frees it when it lets go.
+            let released = close_when_released(seg, deadline).await;
+            doomed.extend(renamed.into_iter().map(|path| (path, released)));
         }
-        self.disk.remove_files_off_thread(paths).await
+        self.disk.remove_files_in_background(doomed);
+        Ok(())
     }
 
     async fn read_batches(&self, offset: Offset, max_bytes: usize) -> Result<Vec<Batch>> {
@@ -1913,6 +1932,7 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
     let truncate_marker = read_truncate_marker(dir)?;
     let mut bases = Vec::new();
     let mut index_only = Vec::new();
+    let mut leftovers = Vec::new();
     for path in disk.list_dir(dir)? {
         if let Some(base) = parse_segment_name(&path, STORE_SUFFIX) {
             bases.push(base);
@@ -1920,8 +1940,12 @@ async fn recover(dir: &Path, config: &LogConfig, disk: &Disk) -> Result<Recovere
             index_only.push((base, path));
         } else if path.extension().is_some_and(|e| e == "tmp") {
             disk.remove_file(&path)?;
+        } else if segment::is_deleted_path(&path) {
+            // A deletion a crash interrupted: nobody has these open.
+            leftovers.push((path, true));
         }
     }
+    disk.remove_files_in_background(leftovers);
     bases.sort();
     for (base, path) in index_only {
         if bases.binary_search(&base).is_err() {

@@ -19,6 +19,23 @@ use crate::types::Offset;
 
 pub const STORE_SUFFIX: &str = "store";
 pub const INDEX_SUFFIX: &str = "index";
+/// The extension of a segment file being deleted (`<base>.store.deleted`): renamed out of the
+/// way under the log's lock, then shrunk and removed in the background. Recovery removes any
+/// left by a crash.
+pub const DELETED_SUFFIX: &str = "deleted";
+
+/// The name a segment file at `path` takes while it is being deleted.
+pub fn deleted_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(DELETED_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// Whether `path` is a segment file being deleted (see [`DELETED_SUFFIX`]).
+pub fn is_deleted_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == DELETED_SUFFIX)
+}
 
 /// Bytes read per DMA read while scanning.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
