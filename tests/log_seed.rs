@@ -145,28 +145,34 @@ fn reader_streams_every_segments_bytes() {
                 .await
                 .unwrap();
         }
-        let mut reader = log.reader();
-        let mut all = Vec::new();
-        while let Some(chunk) = reader.next_chunk().await.unwrap() {
-            all.extend_from_slice(&chunk);
+        let records = read_to_end(&mut log.reader(), Vec::new()).await;
+        assert_eq!(records.len(), 1000);
+        for (n, (off, value)) in records.into_iter().enumerate() {
+            assert_eq!(off, Offset(n as u64), "offsets are dense, in order");
+            let want = if n % 2 == 0 { "a" } else { "b" };
+            assert_eq!(value, Bytes::from(format!("{want}{}", n / 2)));
         }
-        // The bytes are the batches back to back: parse them all.
-        let mut bytes = Bytes::from(all);
-        let mut next = 0u64;
-        while !bytes.is_empty() {
-            let batch = corelog::storage::Batch::parse(bytes.clone()).unwrap();
-            assert_eq!(batch.base_offset(), Offset(next));
-            for (off, value) in batch.records() {
-                let i = off.get() / 2;
-                let want = if off.get() % 2 == 0 { "a" } else { "b" };
-                assert_eq!(value, Bytes::from(format!("{want}{i}")));
-            }
-            next = batch.next_offset().get();
-            bytes = bytes.slice(batch.len()..);
-        }
-        assert_eq!(next, 1000);
         log.close().await.unwrap();
     });
+}
+
+/// Reads `reader` to its end after the bytes already in `read`, and parses the bytes (batches
+/// back to back) into their records.
+async fn read_to_end(
+    reader: &mut corelog::storage::LogReader,
+    mut read: Vec<u8>,
+) -> Vec<(Offset, Bytes)> {
+    while let Some(chunk) = reader.next_chunk().await.unwrap() {
+        read.extend_from_slice(&chunk);
+    }
+    let mut bytes = Bytes::from(read);
+    let mut records = Vec::new();
+    while !bytes.is_empty() {
+        let batch = corelog::storage::Batch::parse(bytes.clone()).unwrap();
+        records.extend(batch.records());
+        bytes = bytes.slice(batch.len()..);
+    }
+    records
 }
 
 #[test]
@@ -221,7 +227,7 @@ fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
         let before = stores(&check_dir);
         assert!(before > 2, "{before} segments");
         let mut reader = log.reader();
-        let mut all = reader.next_chunk().await.unwrap().unwrap().to_vec();
+        let all = reader.next_chunk().await.unwrap().unwrap().to_vec();
 
         let started = std::time::Instant::now();
         log.truncate(Offset(100)).await.unwrap();
@@ -238,21 +244,16 @@ fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
         );
         assert!(after < before);
 
-        while let Some(chunk) = reader.next_chunk().await.unwrap() {
-            all.extend_from_slice(&chunk);
+        let records = read_to_end(&mut reader, all).await;
+        assert_eq!(
+            records.len(),
+            200,
+            "the reader read every record it was given"
+        );
+        for (n, (off, value)) in records.into_iter().enumerate() {
+            assert_eq!(off, Offset(n as u64));
+            assert_eq!(value, Bytes::from(vec![n as u8; 1000]));
         }
-        let mut bytes = Bytes::from(all);
-        let mut next = 0u64;
-        while !bytes.is_empty() {
-            let batch = corelog::storage::Batch::parse(bytes.clone()).unwrap();
-            for (off, value) in batch.records() {
-                assert_eq!(off, Offset(next));
-                assert_eq!(value, Bytes::from(vec![next as u8; 1000]));
-                next += 1;
-            }
-            bytes = bytes.slice(batch.len()..);
-        }
-        assert_eq!(next, 200, "the reader read every record it was given");
         drop(reader);
         wait_for_no_deleted_files(&check_dir).await;
         log.close().await.unwrap();
