@@ -19,16 +19,29 @@ use crate::types::Offset;
 
 pub const STORE_SUFFIX: &str = "store";
 pub const INDEX_SUFFIX: &str = "index";
-/// The extension of a segment file being deleted (`<base>.store.deleted`): renamed out of the
-/// way under the log's lock, then shrunk and removed in the background. Recovery removes any
-/// left by a crash.
+/// The extension of a segment file being deleted (`<base>.store.<n>.deleted`): renamed out of
+/// the way under the log's lock, then shrunk and removed in the background. Recovery removes
+/// any left by a crash.
 pub const DELETED_SUFFIX: &str = "deleted";
 
-/// The name a segment file at `path` takes while it is being deleted.
+thread_local! {
+    /// Makes each deleted file's name unique, so that a second deletion of a segment file of
+    /// the same name never replaces a first one still being removed (the thread removing the
+    /// first would then shrink a file a reader may still hold). Starts from the clock, so
+    /// names differ from those a previous run left.
+    static NEXT_DELETION: std::cell::Cell<u64> =
+        std::cell::Cell::new(crate::io::now_ms() as u64);
+}
+
+/// A unique name for the segment file at `path` while it is being deleted.
 pub fn deleted_path(path: &Path) -> PathBuf {
+    let n = NEXT_DELETION.with(|next| {
+        let n = next.get();
+        next.set(n.wrapping_add(1));
+        n
+    });
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(DELETED_SUFFIX);
+    name.push(format!(".{n}.{DELETED_SUFFIX}"));
     path.with_file_name(name)
 }
 
@@ -524,4 +537,23 @@ pub(crate) async fn write_index_file(file: &File, index: &Index) -> Result<()> {
     }
     file.truncate(total as u64).await?;
     file.fdatasync().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_deleted_name_is_unique_and_never_a_segment_name() {
+        let path = store_path(Path::new("/data/p0"), Offset(42));
+        let (a, b) = (deleted_path(&path), deleted_path(&path));
+        assert_ne!(a, b, "two deletions of one name do not collide");
+        for deleted in [&a, &b] {
+            assert_eq!(deleted.parent(), path.parent());
+            assert!(is_deleted_path(deleted), "{}", deleted.display());
+            assert_eq!(parse_segment_name(deleted, STORE_SUFFIX), None);
+            assert_eq!(parse_segment_name(deleted, INDEX_SUFFIX), None);
+        }
+        assert!(!is_deleted_path(&path));
+    }
 }
