@@ -370,8 +370,8 @@ fn failed_directory_fsync_of_save_vote_is_an_error_and_the_renamed_vote_is_kept(
 }
 
 /// Fault model — *not* through the injector, which cannot reach these calls: the temporary
-/// file of a `raft-meta` write cannot be created (a directory sits at its path, so
-/// `std::fs::File::create` fails with EISDIR; this works for root too, unlike permissions).
+/// file of a `raft-meta` write cannot be created (a directory sits at its path, so creating
+/// it fails with EISDIR; this works for root too, unlike permissions).
 /// The write fails before the rename: `save_vote` reports the error and the file still holds
 /// the previous vote, which is what a reopen reads.
 #[test]
@@ -425,6 +425,37 @@ fn save_vote_failing_before_the_rename_keeps_the_previous_vote_on_disk() {
 // ---------------------------------------------------------------------------------------------
 
 /// Small segments, no tail cache: reads after a fault go to the disk.
+/// The committed log id is saved lazily (every 500 ms while it changes). A lazy save that
+/// fails (its temporary file cannot be created, as above) is retried by the next one, without
+/// waiting for another commit to mark the state changed.
+#[test]
+fn a_failed_lazy_raft_meta_save_is_retried_without_a_new_commit() {
+    let dir = test_dir("raft_faults_lazy_retry");
+    let _cleanup = RemoveOnSuccess(dir.clone());
+    run(|| async move {
+        let faults = Rc::new(Faults::new());
+        let (mut ls, _sm) = open_store(&dir, &faults).await;
+        let tmp = dir.join(format!("{META_FILE}.tmp"));
+        std::fs::create_dir(&tmp).unwrap();
+        let committed = Some(log_id(1, 5));
+        ls.save_committed(committed).await.unwrap();
+        // At least one lazy save runs and fails.
+        corelog::io::sleep(std::time::Duration::from_millis(1200)).await;
+        assert_ne!(Meta::load(&dir).unwrap().committed, committed);
+
+        std::fs::remove_dir(&tmp).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Meta::load(&dir).unwrap().committed != committed {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the failed lazy save was never retried"
+            );
+            corelog::io::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        close(&ls).await;
+    });
+}
+
 fn config() -> LogConfig {
     LogConfig {
         segment_bytes_max: 1 << 20,

@@ -156,12 +156,15 @@ impl Shared {
             .acquire_permit(1)
             .await
             .map_err(|_| io::Error::other("Raft state closed"))?;
+        // Cleared before the write, so a change made while it is in flight marks it again;
+        // set again if the write fails, so the next lazy save retries it.
         self.meta_dirty.set(false);
         let bytes = self.meta.borrow().encode();
-        self.disk
-            .write_file_atomic(&self.meta_path, &bytes)
-            .await
-            .map_err(to_io)
+        let written = self.disk.write_file_atomic(&self.meta_path, &bytes).await;
+        if written.is_err() {
+            self.meta_dirty.set(true);
+        }
+        written.map_err(to_io)
     }
 
     /// Stops appends after a failed one (the first reason is kept).
