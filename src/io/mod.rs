@@ -168,9 +168,9 @@ impl Disk {
     /// for 1 GiB on this machine's ext4. Not a core's thread, then, nor glommio's
     /// blocking-thread pool, which other work (renames) waits on. And freed all at once, the
     /// blocks keep the disk busy so long that every `fdatasync` behind it waits (produce p99
-    /// 390 ms while 256 MiB segments were deleted, against 16 ms without deletions). So each
+    /// 330–390 ms while 256 MiB segments were deleted, against 16 ms without deletions). So each
     /// file marked `shrink` (nothing may have it open any more) first loses its blocks
-    /// [`SHRINK_STEP_BYTES`] at a time, [`SHRINK_PAUSE`] apart: produce p99 then 42 ms.
+    /// [`SHRINK_STEP_BYTES`] at a time, [`SHRINK_PAUSE`] apart: produce p99 then 25–63 ms.
     pub fn remove_files_in_background(&self, files: Vec<(PathBuf, bool)>) {
         if files.is_empty() {
             return;
