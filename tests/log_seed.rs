@@ -260,6 +260,45 @@ fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
     });
 }
 
+/// Segment files larger than a shrink step (8 MiB) are shrunk before removal, but only once no
+/// reader holds them: a reader holding 16 MiB segments while truncate removes them reads every
+/// byte after the background thread has finished with the files.
+#[test]
+fn a_segment_still_held_by_a_reader_is_not_shrunk_under_it() {
+    let dir = test_dir("no-shrink-under-reader");
+    let check_dir = dir.clone();
+    run(|| async move {
+        let config = LogConfig {
+            segment_bytes_max: 16 << 20,
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, config).await.unwrap();
+        let value = |i: u64| vec![i as u8; 64 << 10];
+        for i in 0..600u64 {
+            log.append(&value(i)).await.unwrap();
+        }
+        assert!(log.segment_count() >= 3, "{} segments", log.segment_count());
+        let mut reader = log.reader();
+        let upto = Offset(400);
+        log.truncate(upto).await.unwrap();
+        assert!(log.lowest_offset() > Offset(0));
+        // The removed files are gone: the background thread is done with them.
+        wait_for_no_deleted_files(&check_dir).await;
+        let records = read_to_end(&mut reader, Vec::new()).await;
+        assert_eq!(
+            records.len(),
+            600,
+            "the reader read every record it was given"
+        );
+        for (n, (off, v)) in records.into_iter().enumerate() {
+            assert_eq!(off, Offset(n as u64));
+            assert_eq!(v, Bytes::from(value(n as u64)), "record {n}");
+        }
+        drop(reader);
+        log.close().await.unwrap();
+    });
+}
+
 /// Waits (up to 10 s) until `dir` holds no segment file being deleted.
 async fn wait_for_no_deleted_files(dir: &std::path::Path) {
     let deleted = || {
