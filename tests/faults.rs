@@ -638,6 +638,132 @@ fn writer_values(rng: &mut StdRng, writer: usize, seq: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Fault model: renaming a segment's store out of the way, the first step of deleting it,
+/// fails once with EIO. The segment must stay, in memory and on disk: had the log's state
+/// changed first, the file keeping its name would bring the records back below the log's
+/// start at the next open.
+#[test]
+fn retention_that_cannot_rename_a_segment_keeps_it_and_a_reopen_agrees() {
+    let dir = test_dir("faults-rename-retention");
+    let _cleanup = RemoveOnSuccess(dir.clone());
+    run(|| async move {
+        let faults = Rc::new(Faults::new());
+        let values = fill_segments(&dir, &faults).await;
+        let cfg = LogConfig {
+            retention_bytes: Some(150 << 10),
+            ..segments_of_64k()
+        };
+        let log = open_faulty(&dir, cfg.clone(), &faults).await;
+        let segments = log.segment_count();
+        faults.fail_renames(1);
+        let failed = log.apply_retention().await;
+        assert!(
+            matches!(
+                failed,
+                Err(Error::Io {
+                    errno: Some(libc::EIO),
+                    ..
+                })
+            ),
+            "{failed:?}"
+        );
+        assert_eq!(log.lowest_offset(), Offset(0), "the segment left the log");
+        assert_eq!(log.segment_count(), segments);
+        expect_exactly(&log, &values, "after the failed rename").await;
+
+        let removed = log.apply_retention().await.unwrap();
+        assert!(removed > 0);
+        let start = log.lowest_offset();
+        assert!(start > Offset(0));
+        log.close().await.unwrap();
+
+        let log = open_faulty(&dir, cfg, &faults).await;
+        assert_eq!(
+            log.lowest_offset(),
+            start,
+            "the reopened log starts elsewhere"
+        );
+        let got = read_all(&log).await.unwrap();
+        let kept = &values[start.get() as usize..];
+        assert_eq!(got.len(), kept.len());
+        for ((offset, value), (i, want)) in got.iter().zip(kept.iter().enumerate()) {
+            assert_eq!(offset.get(), start.get() + i as u64);
+            assert!(value[..] == want[..], "offset {offset:?} differs");
+        }
+        log.close().await.unwrap();
+    });
+}
+
+/// Fault model: a reset (what installing a Raft snapshot does) cannot rename the oldest
+/// segment out of the way. The reset fails and leaves the log as it was, on disk too: a reset
+/// that replaced the first segment before the others were gone would leave a log the next
+/// open cannot read.
+#[test]
+fn a_reset_that_cannot_rename_a_segment_fails_and_leaves_the_log_whole() {
+    let dir = test_dir("faults-rename-reset");
+    let _cleanup = RemoveOnSuccess(dir.clone());
+    run(|| async move {
+        let faults = Rc::new(Faults::new());
+        let values = fill_segments(&dir, &faults).await;
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        faults.fail_renames(1);
+        let failed = log.reset().await;
+        assert!(
+            matches!(
+                failed,
+                Err(Error::Io {
+                    errno: Some(libc::EIO),
+                    ..
+                })
+            ),
+            "{failed:?}"
+        );
+        expect_exactly(&log, &values, "after the failed reset").await;
+        log.close().await.unwrap();
+
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        expect_exactly(&log, &values, "reopened after the failed reset").await;
+        log.reset().await.unwrap();
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(log.highest_offset(), None);
+        log.close().await.unwrap();
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        assert_eq!(
+            log.highest_offset(),
+            None,
+            "records came back after a reset"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+/// Segments of 64 KiB, no retention.
+fn segments_of_64k() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 64 << 10,
+        preallocate_bytes: 64 << 10,
+        ..LogConfig::default()
+    }
+}
+
+/// Appends 300 records of 1,000 bytes (five segments of 64 KiB) and closes the log.
+async fn fill_segments(dir: &Path, faults: &Rc<Faults>) -> Vec<Vec<u8>> {
+    let log = open_faulty(dir, segments_of_64k(), faults).await;
+    let values: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| {
+            let mut v = i.to_le_bytes().to_vec();
+            v.resize(1000, (i % 251) as u8);
+            v
+        })
+        .collect();
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(log.append(v).await.unwrap(), Offset(i as u64));
+    }
+    assert!(log.segment_count() >= 4, "{} segments", log.segment_count());
+    log.close().await.unwrap();
+    values
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------

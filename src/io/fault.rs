@@ -18,6 +18,7 @@ pub struct Faults {
     write_errno: Cell<i32>,
     sync_errors: Cell<u32>,
     read_errors: Cell<u32>,
+    rename_errors: Cell<u32>,
     disk_full: Cell<bool>,
     /// The disk becomes full once this many writes reached it.
     full_after_writes: Cell<Option<u64>>,
@@ -46,6 +47,11 @@ impl Faults {
     /// The next `n` reads fail with EIO.
     pub fn fail_reads(&self, n: u32) {
         self.read_errors.set(n);
+    }
+
+    /// The next `n` renames fail with EIO.
+    pub fn fail_renames(&self, n: u32) {
+        self.rename_errors.set(n);
     }
 
     /// While set, every write and allocation fails with ENOSPC.
@@ -116,6 +122,17 @@ impl Faults {
             ));
         }
         self.syncs.set(self.syncs.get() + 1);
+        Ok(())
+    }
+
+    pub(super) fn before_rename(&self, path: &Path) -> Result<()> {
+        if take(&self.rename_errors) {
+            return Err(Error::from_io(
+                "renaming",
+                path,
+                io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         Ok(())
     }
 

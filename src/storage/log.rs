@@ -1308,14 +1308,18 @@ impl Shared {
         Ok(removed)
     }
 
-    /// Deletes the oldest (sealed) segment: store first, so a crash leaves at worst an orphan
-    /// index, which open deletes.
     /// Removes the oldest segment `seg` and drops its batches from the tail cache, which must
     /// never serve what the log no longer holds. `next_first_raft` (replicated logs) is the
     /// first Raft index of the segment after it: control batches take no offset, so one that
     /// ends `seg` shares its offset with the next segment's first batch and only its Raft
     /// index tells them apart.
+    ///
+    /// The store file is renamed out of the way before the log's state changes: if that
+    /// fails, the segment stays, in memory and on disk, and the error says why (retention
+    /// tries again at its next pass). Changed first, a segment whose file kept its name would
+    /// come back below the log's start at the next open.
     async fn remove_oldest(&self, seg: Rc<Segment>, next_first_raft: Option<u64>) -> Result<()> {
+        let files = self.rename_out(&seg).await?;
         {
             let mut st = self.state.borrow_mut();
             assert!(Rc::ptr_eq(&st.segments[0], &seg) && st.segments.len() > 1);
@@ -1334,45 +1338,73 @@ impl Shared {
                 st.cache_bytes -= len;
             }
         }
-        self.delete_segments(vec![seg]).await
+        self.finish_deleting(vec![(seg, files)]).await;
+        Ok(())
     }
 
-    /// Deletes the files of segments the log no longer holds, without stopping the core or
-    /// the disk.
+    /// Renames a segment's files out of the way ([`segment::deleted_path`]), store first, and
+    /// returns their new names. Fails only when the store cannot be renamed, and then nothing
+    /// was. Once the store is renamed the segment is gone for the next open, which also
+    /// removes an index left behind (an orphan): an index that cannot be renamed is only
+    /// logged.
+    async fn rename_out(&self, seg: &Segment) -> Result<Vec<PathBuf>> {
+        let mut renamed = Vec::with_capacity(2);
+        let store = seg.store_path();
+        let to = segment::deleted_path(store);
+        if self.disk.rename(store, &to).await? {
+            renamed.push(to);
+        }
+        let index = seg.index_path();
+        let to = segment::deleted_path(index);
+        match self.disk.rename(index, &to).await {
+            Ok(true) => renamed.push(to),
+            Ok(false) => {}
+            Err(e) => log::warn!("{e}; the next open removes the orphan index"),
+        }
+        Ok(renamed)
+    }
+
+    /// Renames out of the way the files of segments the log no longer holds (newest first,
+    /// as given), then deletes them ([`Shared::finish_deleting`]). Every segment is tried;
+    /// the first failure is returned. For cuts only, which a truncate marker covers until
+    /// they are complete.
+    async fn delete_segments(&self, segments: Vec<Rc<Segment>>) -> Result<()> {
+        let mut gone = Vec::with_capacity(segments.len());
+        let mut failed = None;
+        for seg in segments {
+            match self.rename_out(&seg).await {
+                Ok(files) => gone.push((seg, files)),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        self.finish_deleting(gone).await;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the files of segments the log no longer holds, already renamed out of the way
+    /// ([`Shared::rename_out`]), without stopping the core or the disk.
     ///
     /// Freeing a large file's blocks costs whichever thread drops its last reference, the
     /// name or the last open descriptor: 0.5 s for a 256 MiB segment on this machine's ext4
     /// (mounted with `discard`). Done on the core, every partition of it waited and a Raft
     /// leader could miss its heartbeats. So, under the log's lock (no new segment can take
-    /// the name meanwhile), each file is renamed out of the way ([`segment::deleted_path`])
-    /// and the segment closed, while still linked (cheap), once reads in flight let go of it
-    /// (up to [`SEGMENT_RELEASE_WAIT`] for all of them). A background thread then shrinks and
-    /// removes the files ([`Disk::remove_files_in_background`]), outside the lock; recovery
-    /// removes what a crash left.
-    async fn delete_segments(&self, segments: Vec<Rc<Segment>>) -> Result<()> {
+    /// the name meanwhile), each segment's files were renamed, and the segment is closed,
+    /// while still linked (cheap), once reads in flight let go of it (up to
+    /// [`SEGMENT_RELEASE_WAIT`] for all of them). The process's remover thread then shrinks
+    /// and removes the files ([`Disk::remove_files_in_background`]), outside the lock;
+    /// recovery removes what a crash left.
+    async fn finish_deleting(&self, segments: Vec<(Rc<Segment>, Vec<PathBuf>)>) {
         let deadline = Instant::now() + SEGMENT_RELEASE_WAIT;
         let mut doomed = Vec::with_capacity(2 * segments.len());
-        for seg in segments {
-            let mut renamed = Vec::with_capacity(2);
-            for path in [seg.store_path(), seg.index_path()] {
-                let to = segment::deleted_path(path);
-                match glommio::io::rename(path, &to).await {
-                    Ok(()) => renamed.push(to),
-                    Err(e) => {
-                        let e: std::io::Error = e.into();
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            return Err(Error::from_io("renaming", path, e));
-                        }
-                    }
-                }
-            }
+        for (seg, files) in segments {
             // Only a file nobody reads any more may be shrunk first; a reader still holding
             // one frees it when it lets go.
             let released = close_when_released(seg, deadline).await;
-            doomed.extend(renamed.into_iter().map(|path| (path, released)));
+            doomed.extend(files.into_iter().map(|path| (path, released)));
         }
         self.disk.remove_files_in_background(doomed);
-        Ok(())
     }
 
     async fn read_batches(&self, offset: Offset, max_bytes: usize) -> Result<Vec<Batch>> {
@@ -1656,8 +1688,19 @@ impl Shared {
         Ok(tail)
     }
 
+    /// Replaces every segment with one, empty, at `base`. The old segments' files are
+    /// renamed out of the way first, oldest first, so that what keeps its name on disk is
+    /// always a log the next open accepts (a suffix of the old one, if a rename fails: then
+    /// the error is returned and the state is left as it was, the renamed segments still
+    /// readable through their open files).
     async fn replace_all_segments(&self, base: Offset) -> Result<()> {
         let old: Vec<Rc<Segment>> = self.state.borrow().segments.clone();
+        let mut gone = Vec::with_capacity(old.len());
+        // An old segment at `base` has its files replaced by the new one's: not renamed.
+        for seg in old.into_iter().filter(|s| s.base() != base) {
+            let files = self.rename_out(&seg).await?;
+            gone.push((seg, files));
+        }
         let new = create_segment(&self.disk, &self.dir, &self.config, base).await?;
         {
             let mut st = self.state.borrow_mut();
@@ -1672,9 +1715,7 @@ impl Shared {
             st.cache.clear();
             st.cache_bytes = 0;
         }
-        // An old segment at `base` had its files replaced by the new one's: not deleted.
-        let old = old.into_iter().filter(|s| s.base() != base).collect();
-        self.delete_segments(old).await?;
+        self.finish_deleting(gone).await;
         self.disk.sync_dir(&self.dir).await?;
         self.committed.notify();
         Ok(())
