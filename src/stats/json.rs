@@ -26,6 +26,7 @@
 //!   "connections": {"opened", "closed", "open"},
 //!   "bad_preambles": n,
 //!   "reactor":     {"stalls", "stall_threshold_us", "lateness": {latency keys}},
+//!   "file_removals": {"pending", "removed", "failed"},
 //!   "cores": [
 //!     {"core", "partitions": [..], "ops": {"produce": {latency keys}, …}, "errors",
 //!      "connections", "bad_preambles", "reactor"}
@@ -39,6 +40,11 @@
 //! The log keys of a partition ([`super::LogGauges`]) are its state when the document was made:
 //! offsets are record offsets, `log_bytes` the bytes of its segments' batches (index files not
 //! included). They are absent for a partition whose log did not report.
+//!
+//! `file_removals` counts, for the whole process, the files of deleted segments handed to the
+//! background remover ([`crate::io::Disk::remove_files_in_background`]): `pending` still
+//! queued or being shrunk, `removed` since start, `failed` since start (each also logged; the
+//! next open removes what is left).
 //!
 //! `raft` is always present and holds the partitions whose Raft group reported state
 //! ([`super::RaftState`]): `{}` on a standalone node. `leader` is a Raft node id or `null`;
@@ -80,6 +86,11 @@ pub fn render_json(stats: &NodeStats) -> String {
         connections: connections_json(&stats.connections),
         bad_preambles: stats.bad_preambles,
         reactor: reactor_json(&stats.reactor),
+        file_removals: FileRemovalsJson {
+            pending: stats.file_removals.pending,
+            removed: stats.file_removals.removed,
+            failed: stats.file_removals.failed,
+        },
         cores: stats.cores.iter().map(core_json).collect(),
     };
     serde_json::to_string_pretty(&doc).expect("the stats document has only string map keys")
@@ -125,7 +136,15 @@ struct Document<'a> {
     connections: ConnectionsJson,
     bad_preambles: u64,
     reactor: ReactorJson,
+    file_removals: FileRemovalsJson,
     cores: Vec<CoreJson>,
+}
+
+#[derive(Serialize)]
+struct FileRemovalsJson {
+    pending: u64,
+    removed: u64,
+    failed: u64,
 }
 
 /// One partition's traffic counters and, when its log reported, what the log holds.
@@ -367,6 +386,11 @@ mod tests {
         assert_eq!(doc["bad_preambles"], 0);
         assert_eq!(doc["reactor"]["stalls"], 0);
         assert_summary(&doc["reactor"]["lateness"], "reactor.lateness");
+        let removals = &doc["file_removals"];
+        assert_eq!(
+            removals,
+            &serde_json::json!({"pending": 0, "removed": 0, "failed": 0})
+        );
         let cores = doc["cores"].as_array().expect("cores is an array");
         assert_eq!(cores.len(), 2);
         assert_eq!(cores[1]["core"], 1);

@@ -61,6 +61,9 @@ pub struct NodeStats {
     pub logs: BTreeMap<Partition, LogGauges>,
     /// One entry per snapshot, ordered by core.
     pub cores: Vec<CoreView>,
+    /// The process's background file removals (deleted segments). Not part of any core's
+    /// snapshot: [`merge`] leaves it zero and the stats server fills it in.
+    pub file_removals: crate::io::RemovalStats,
 }
 
 /// Merges the snapshots of every core.
@@ -86,6 +89,7 @@ pub fn merge(snapshots: &[CoreSnapshot]) -> NodeStats {
         raft: BTreeMap::new(),
         logs: BTreeMap::new(),
         cores: Vec::with_capacity(snapshots.len()),
+        file_removals: Default::default(),
     };
     for snapshot in snapshots {
         merge_one(&mut node, snapshot);

@@ -26,6 +26,8 @@
 //! | `corelog_bad_preambles_total` | counter | `core` |
 //! | `corelog_reactor_stalls_total` | counter | `core` |
 //! | `corelog_reactor_lateness_seconds` | histogram | `core` |
+//! | `corelog_file_removals_pending` | gauge | |
+//! | `corelog_file_removals_total` | counter | `result` (`removed`, `failed`) |
 //!
 //! The `corelog_raft_*` families appear only for partitions whose Raft group reported state
 //! (none on a standalone node), and `corelog_raft_follower_lag_entries` only on the leader:
@@ -234,8 +236,31 @@ impl Exposition {
         families.push(errors);
         families.extend(per_core);
         families.push(lateness);
+        families.extend(removal_families(stats));
         Exposition { families }
     }
+}
+
+/// The process's background removals of deleted segments' files.
+fn removal_families(stats: &NodeStats) -> [Family; 2] {
+    let r = stats.file_removals;
+    let mut pending = Family::new(
+        "corelog_file_removals_pending",
+        "Files of deleted segments queued for the background remover.",
+        MetricType::Gauge,
+    );
+    pending.push(Vec::new(), Value::Gauge(r.pending));
+    let mut done = Family::new(
+        "corelog_file_removals",
+        "Files of deleted segments the background remover finished, by result.",
+        MetricType::Counter,
+    );
+    done.push(
+        vec![("result", "removed".into())],
+        Value::Counter(r.removed),
+    );
+    done.push(vec![("result", "failed".into())], Value::Counter(r.failed));
+    [pending, done]
 }
 
 /// What each partition's log holds (gauges; see [`crate::stats::LogGauges`]).
@@ -820,6 +845,26 @@ mod tests {
                 text.contains(&format!("{family}{{partition=\"3\"}} {value}\n")),
                 "{family}: {text}"
             );
+        }
+    }
+
+    #[test]
+    fn background_file_removals_are_a_gauge_and_counters_by_result() {
+        let mut node = merge(&[CoreStats::new(0).snapshot()]);
+        node.file_removals = crate::io::RemovalStats {
+            pending: 2,
+            removed: 7,
+            failed: 1,
+        };
+        let text = render_prometheus(&node);
+        for line in [
+            "# TYPE corelog_file_removals_pending gauge\n",
+            "corelog_file_removals_pending 2\n",
+            "# TYPE corelog_file_removals_total counter\n",
+            "corelog_file_removals_total{result=\"removed\"} 7\n",
+            "corelog_file_removals_total{result=\"failed\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
         }
     }
 

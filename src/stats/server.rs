@@ -273,7 +273,8 @@ async fn respond<S: StatsSource>(
                     return text(StatusCode::SERVICE_UNAVAILABLE, why);
                 }
             };
-            let node = merge(&snapshots);
+            let mut node = merge(&snapshots);
+            node.file_removals = crate::io::background_removal_stats();
             match route {
                 Route::Metrics => with_body(
                     StatusCode::OK,
