@@ -101,9 +101,10 @@ pub struct ServeArgs {
     /// `/health` reports it ready anyway (it keeps serving what it can).
     #[arg(long, default_value_t = 10_000)]
     pub leader_wait_ms: u64,
-    /// Bytes of one Raft snapshot a node receives and holds in memory before installing it
-    /// (a follower behind the retention point gets the retained segments). A larger snapshot
-    /// is refused; raise this when retention keeps more than this per partition.
+    /// Bytes of one Raft snapshot a node holds in memory: to receive it before installing
+    /// it, or to send it (a follower behind the retention point gets the retained segments).
+    /// A larger snapshot is refused, and the leader retries less and less often (1 s, doubling
+    /// to 60 s); raise this on every node when retention keeps more than this per partition.
     #[arg(long, default_value_t = crate::net::conn::SNAPSHOT_BYTES_MAX_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
     pub snapshot_bytes_max: u64,

@@ -341,6 +341,7 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
         tls,
         node.config.frame_bytes_max as usize,
     );
+    pool.set_snapshot_bytes_max(replication.snapshot_bytes_max);
     *shard.peer_pool.borrow_mut() = Some(pool.clone());
     let config = raft_config(replication.timing)?;
     for (p, log) in &shard.logs {

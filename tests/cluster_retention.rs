@@ -181,3 +181,152 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
     assert!(n("segments") >= 1, "{log}");
     assert!(n("log_bytes") >= (total as u64 - start) * 1000, "{log}");
 }
+
+/// A follower whose `--snapshot-bytes-max` is below the leader's snapshot refuses it at the
+/// first chunk (the chunk declares the size), and the leader tries again less and less often
+/// (1 s, 2 s, 4 s, …) instead of re-reading and re-sending the snapshot every 200 ms forever.
+/// Restarted with a limit that fits, the follower is sent the snapshot at once (the new
+/// connection ends the leader's wait) and catches up.
+#[test]
+fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_often() {
+    // 4 MiB segments and 5 s of age retention. While node 3 is down, ~6 MiB go in quickly,
+    // then nothing: the one retention pass that deletes the first segment comes after the
+    // last write, so its snapshot covers the whole active segment, ~2 MiB (a snapshot holds
+    // the retained batches up to the applied index when it is taken), over 1 MiB, the
+    // lowest limit a node takes.
+    let mut cluster = Cluster::new("cluster_snapshot_refused", 1).with_args(&[
+        "--segment-bytes",
+        "4194304",
+        "--retention-ms",
+        "5000",
+        "--retention-check-ms",
+        "200",
+    ]);
+    cluster.start_nodes(3);
+    let value = |i: usize| Bytes::from(format!("{i:06}-{}", "y".repeat(1000)));
+    let client = cluster.client();
+    common::run(|| async {
+        wait_for_voter_set(&client, 1, &[1, 2, 3], Instant::now() + CONVERGE).await;
+        for i in 0..50 {
+            client.produce(0, vec![value(i)]).await.expect("produce");
+        }
+    });
+    cluster.kill9(3);
+    let total = 6000;
+    let client = cluster.client();
+    common::run(|| async {
+        let started = Instant::now();
+        for chunk in (50..total).collect::<Vec<_>>().chunks(50) {
+            let values = chunk.iter().map(|i| value(*i)).collect();
+            client
+                .produce(0, values)
+                .await
+                .expect("produce while node 3 is down");
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(4),
+            "producing took {took:?}: retention may have run before the last write"
+        );
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let (start1, _) = holdings(&client, cluster.addr(1)).await;
+            let (start2, _) = holdings(&client, cluster.addr(2)).await;
+            if start1 > 50 && start2 > 50 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "retention never removed a segment"
+            );
+            corelog::io::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    // Node 3 comes back taking at most 1 MiB per snapshot: every transfer is refused.
+    cluster.start_with(3, &["--snapshot-bytes-max", "1048576"]);
+    let refused = |cluster: &Cluster| {
+        let doc = cluster.node(3).stats_json();
+        (
+            doc["errors"]["bad_snapshot_chunk"].as_u64().unwrap_or(0),
+            doc,
+        )
+    };
+    let deadline = Instant::now() + CONVERGE;
+    let first = loop {
+        let (n, doc) = refused(&cluster);
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never sent node 3 a snapshot: {}",
+            doc["partitions"]["0"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let watched = Duration::from_secs(8);
+    std::thread::sleep(watched);
+    let (total_refused, doc) = refused(&cluster);
+    let again = total_refused - first;
+    // After the first refusal, attempts wait 1, 2, 4 s…: about 3 in 8 s, one more for slack.
+    // At openraft's 200 ms retry interval it would be dozens.
+    assert!(
+        again <= 4,
+        "node 3 refused {again} more snapshot chunks in the {watched:?} after the first: {}",
+        doc["errors"]
+    );
+    assert!(
+        doc["partitions"]["0"]["high_watermark"]
+            .as_u64()
+            .unwrap_or(0)
+            < total as u64,
+        "node 3 caught up without the snapshot it refuses: {}",
+        doc["partitions"]["0"]
+    );
+    let warned: usize = [1, 2]
+        .iter()
+        .map(|id| {
+            cluster
+                .node(*id)
+                .stderr()
+                .lines()
+                .filter(|l| l.contains("snapshot for node 3 refused"))
+                .filter(|l| l.contains("--snapshot-bytes-max"))
+                .count()
+        })
+        .sum();
+    assert!(
+        (1..=total_refused as usize).contains(&warned),
+        "the leader logs each refusal with the flag to raise ({warned} lines, {total_refused} \
+         refused)"
+    );
+
+    // Restarted with the default limit, node 3 gets the snapshot without waiting out the
+    // leader's backoff, and holds exactly the leader's records.
+    cluster.kill9(3);
+    cluster.start(3);
+    let client = cluster.client();
+    common::run(|| async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (start3, held) = holdings(&client, cluster.addr(3)).await;
+            let end3 = start3 + held.len() as u64;
+            if end3 >= total as u64 {
+                assert!(
+                    start3 > 50,
+                    "node 3 rebuilt from the snapshot starts at {start3}"
+                );
+                for (offset, v) in &held {
+                    assert_eq!(v, &value(*offset as usize), "node 3 offset {offset}");
+                }
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node 3 did not catch up within 20 s of its restart: holds {start3}..{end3}"
+            );
+            corelog::io::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}

@@ -284,6 +284,7 @@ fn first_chunk(
         batches,
         last,
         end_offset: Some(end_offset),
+        snapshot_bytes: None,
     }
 }
 
@@ -299,6 +300,7 @@ fn next_chunk(id: u64, index: u32, batches: Vec<Bytes>, last: bool) -> RaftSnaps
         batches,
         last,
         end_offset: None,
+        snapshot_bytes: None,
     }
 }
 
@@ -611,7 +613,8 @@ fn a_damaged_snapshot_batch_is_bad_request_and_abandons_the_transfer() {
 
 /// A transfer that grows past `--snapshot-bytes-max` is refused at the chunk that crosses it
 /// (the message names the limit and the flag) and dropped, so the node does not keep holding
-/// its memory; a transfer within the limit on the same connection is still taken.
+/// its memory; a transfer within the limit on the same connection is still taken. A chunk 0
+/// that declares a size over the limit (`snapshot_bytes`) is refused at once.
 #[test]
 fn a_snapshot_over_the_size_limit_is_bad_request_and_dropped() {
     const LIMIT: u64 = 1 << 20;
@@ -672,8 +675,29 @@ fn a_snapshot_over_the_size_limit_is_bad_request_and_dropped() {
         }
         other => panic!("a snapshot under the limit: expected openraft's answer, got {other:?}"),
     }
+    // Chunk 0 that declares more than the limit is refused at once, before any batch: nothing
+    // is assembled (its next chunk belongs to no transfer). One that declares less is taken.
+    let declared = |id: u64, bytes: u64| RaftSnapshotRequest {
+        snapshot_bytes: Some(bytes),
+        ..first_chunk(id, Some(9), 8, Vec::new(), false, &membership)
+    };
+    expect_bad_request(
+        peer.chunk(declared(52, LIMIT + 1)),
+        "chunk 0 declaring 1 MiB + 1",
+        &[
+            "the snapshot of partition 0 is 1048577 bytes, over the 1048576 bytes",
+            "--snapshot-bytes-max",
+        ],
+    );
+    let response = peer.chunk(next_chunk(52, 1, vec![big(0)], false));
+    expect_bad_request(
+        response,
+        "chunk 1 after a declared refusal",
+        &["without chunk 0"],
+    );
+    expect_ack(peer.chunk(declared(53, LIMIT)), "chunk 0 declaring 1 MiB");
     let refused = error_count(&node, "bad_snapshot_chunk") - refused_before;
-    assert_eq!(refused, 2, "/stats counts each refused chunk");
+    assert_eq!(refused, 4, "/stats counts each refused chunk");
     raft.assert_undisturbed(&node, &mut peer);
     assert_log_intact(&node, &mut acked, "after-snapshot-too-large");
 }

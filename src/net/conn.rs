@@ -609,6 +609,16 @@ impl Connection {
         .detach();
     }
 
+    /// The most bytes of batches this node assembles for one snapshot transfer.
+    fn snapshot_bytes_max(&self) -> u64 {
+        self.shard
+            .node
+            .config
+            .replication
+            .as_ref()
+            .map_or(SNAPSHOT_BYTES_MAX_DEFAULT, |r| r.snapshot_bytes_max)
+    }
+
     /// Checks a chunk against the transfer in progress and keeps its batches; the error is
     /// the BAD_REQUEST message.
     async fn add_snapshot_chunk(&self, req: &RaftSnapshotRequest) -> Result<(), String> {
@@ -620,6 +630,13 @@ impl Connection {
             let end_offset = req.end_offset.ok_or_else(|| {
                 "RaftSnapshotRequest chunk 0 has no end_offset, which is required".to_string()
             })?;
+            let max = self.snapshot_bytes_max();
+            if let Some(bytes) = req.snapshot_bytes.filter(|b| *b > max) {
+                return Err(format!(
+                    "the snapshot of partition {partition} is {bytes} bytes, over the {max} bytes \
+                     a node assembles for one transfer (--snapshot-bytes-max)"
+                ));
+            }
             let mut snapshots = self.snapshots.borrow_mut();
             if !snapshots.contains_key(&partition) && snapshots.len() >= SNAPSHOT_TRANSFERS_MAX {
                 return Err(format!(
@@ -683,13 +700,7 @@ impl Connection {
         }
         let bytes: u64 = req.batches.iter().map(|b| b.len() as u64).sum();
         assembly.bytes = assembly.bytes.saturating_add(bytes);
-        let max = self
-            .shard
-            .node
-            .config
-            .replication
-            .as_ref()
-            .map_or(SNAPSHOT_BYTES_MAX_DEFAULT, |r| r.snapshot_bytes_max);
+        let max = self.snapshot_bytes_max();
         if assembly.bytes > max {
             return Err(format!(
                 "the snapshot of partition {partition} exceeds the {max} bytes a node \

@@ -811,6 +811,7 @@ mod tests {
                 batches: vec![Bytes::from_static(b"batch")],
                 last: true,
                 end_offset: Some(960),
+                snapshot_bytes: Some(5),
             }),
             Request::RaftTransferLeader(RaftTransferLeaderRequest {
                 partition: 4,

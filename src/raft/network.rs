@@ -59,7 +59,7 @@ use crate::net::errors::ServerError;
 use crate::net::frame::{self, Request, Response};
 use crate::net::preamble::ConnKind;
 use crate::proto::RaftSnapshotRequest;
-use crate::raft::types::{LogSnapshot, Node, NodeId, TypeConfig, Vote};
+use crate::raft::types::{LogSnapshot, Node, NodeId, SnapshotReadError, TypeConfig, Vote};
 use crate::raft::wire;
 use crate::sync::Event;
 use crate::types::Partition;
@@ -76,6 +76,12 @@ pub const PEER_BACKOFF_MS_MAX: u64 = 2_000;
 pub const PEER_TIMEOUTS_IN_A_ROW_MAX: u32 = 3;
 /// Snapshot chunk size when openraft gives none (its own default `snapshot_max_chunk_size`).
 pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 3 << 20;
+/// The wait before the second snapshot transfer to a target after one was refused (it was
+/// too large for the target or for this node, or the target answered a chunk with an error);
+/// it doubles with each further refusal in a row.
+pub const SNAPSHOT_REFUSED_BACKOFF_MS_MIN: u64 = 1_000;
+/// The longest wait between snapshot transfers a target keeps refusing.
+pub const SNAPSHOT_REFUSED_BACKOFF_MS_MAX: u64 = 60_000;
 /// The connection's own per-request timeout: only a backstop, every RPC has a shorter one.
 const PEER_REQUEST_TIMEOUT_MS_BACKSTOP: u64 = 600_000;
 
@@ -88,6 +94,8 @@ pub struct PeerPool {
     node_id: NodeId,
     tls: Arc<rustls::ClientConfig>,
     frame_bytes_max: usize,
+    /// The most bytes of one snapshot this node reads to send (`--snapshot-bytes-max`).
+    snapshot_bytes_max: Cell<u64>,
     peers: RefCell<HashMap<String, Rc<Peer>>>,
     next_transfer_id: Cell<u64>,
 }
@@ -113,6 +121,7 @@ impl PeerPool {
             node_id,
             tls,
             frame_bytes_max,
+            snapshot_bytes_max: Cell::new(crate::net::conn::SNAPSHOT_BYTES_MAX_DEFAULT),
             peers: RefCell::new(HashMap::new()),
             // Distinct from transfers of an earlier run of this node on a reused connection.
             next_transfer_id: Cell::new(crate::io::now_ms() as u64),
@@ -134,6 +143,13 @@ impl PeerPool {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The most bytes of batches one snapshot this node sends may hold: it reads them into
+    /// memory first. The node's `--snapshot-bytes-max` (default
+    /// [`crate::net::conn::SNAPSHOT_BYTES_MAX_DEFAULT`]).
+    pub fn set_snapshot_bytes_max(&self, bytes: u64) {
+        self.snapshot_bytes_max.set(bytes);
     }
 
     /// Closes every connection (RPCs in flight fail). Later RPCs dial again.
@@ -176,6 +192,9 @@ impl PeerPool {
             pool: self.clone(),
             partition,
             target,
+            snapshot_refusals: 0,
+            snapshot_retry_at: None,
+            snapshot_refused_on: 0,
         };
         network
             .send_vote(probe, RPCOption::new(ttl), true)
@@ -200,6 +219,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             pool: self.pool.clone(),
             partition: self.partition,
             target,
+            snapshot_refusals: 0,
+            snapshot_retry_at: None,
+            snapshot_refused_on: 0,
         }
     }
 }
@@ -210,6 +232,11 @@ pub struct PeerNetwork {
     peer: Rc<Peer>,
     partition: Partition,
     target: NodeId,
+    /// Snapshot transfers refused in a row, when the next may start, and on which connection
+    /// to the target the last was refused.
+    snapshot_refusals: u32,
+    snapshot_retry_at: Option<Instant>,
+    snapshot_refused_on: u64,
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
@@ -312,14 +339,75 @@ impl PeerNetwork {
         wire::decode_vote_response(answer).map_err(|e| self.unreachable(&e.to_string()))
     }
 
-    /// Sends the snapshot as chunks, one in flight at a time; the last chunk's answer is the
-    /// receiver's vote after installing.
+    /// Sends the snapshot ([`PeerNetwork::send_snapshot_once`]) unless a refused one is
+    /// waiting out its backoff. A refusal will repeat (the snapshot is too large for the
+    /// target or for this node, or the target finds a chunk bad), and each attempt reads the
+    /// whole snapshot from disk and sends it up to the refusal, so attempts after one are
+    /// spaced [`SNAPSHOT_REFUSED_BACKOFF_MS_MIN`], doubling up to
+    /// [`SNAPSHOT_REFUSED_BACKOFF_MS_MAX`]; openraft's own retries in between fail at once,
+    /// without reading anything. Each refusal is logged with the reason. A new connection to
+    /// the target (it restarted, perhaps with a higher limit) ends the wait.
     async fn send_snapshot(
-        &self,
+        &mut self,
         vote: Vote,
         snapshot: SnapshotOf<TypeConfig, LogSnapshot>,
         option: &RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        // A new connection may reach the target restarted with a higher limit: try at once.
+        if self.peer.connections.get() != self.snapshot_refused_on {
+            self.snapshot_retry_at = None;
+        }
+        if let Some(at) = self.snapshot_retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(StreamingError::Unreachable(Unreachable::from_string(
+                    format!(
+                        "node {}, partition {}: the last {} snapshot transfer(s) were refused; the \
+                     next starts in {} ms",
+                        self.target,
+                        self.partition.0,
+                        self.snapshot_refusals,
+                        (at - now).as_millis()
+                    ),
+                )));
+            }
+        }
+        match self.send_snapshot_once(vote, snapshot, option).await {
+            Ok(done) => {
+                self.snapshot_refusals = 0;
+                self.snapshot_retry_at = None;
+                Ok(done)
+            }
+            Err(SnapshotFailure::Refused(reason)) => {
+                self.snapshot_refusals = self.snapshot_refusals.saturating_add(1);
+                let wait = snapshot_refused_backoff(self.snapshot_refusals);
+                self.snapshot_retry_at = Some(Instant::now() + wait);
+                self.snapshot_refused_on = self.peer.connections.get();
+                log::warn!(
+                    "partition {}: snapshot for node {} refused ({} in a row): {reason}; next \
+                     attempt in {} ms",
+                    self.partition.0,
+                    self.target,
+                    self.snapshot_refusals,
+                    wait.as_millis()
+                );
+                Err(StreamingError::Unreachable(Unreachable::from_string(
+                    reason,
+                )))
+            }
+            Err(SnapshotFailure::Other(e)) => Err(e),
+        }
+    }
+
+    /// Sends the snapshot as chunks, one in flight at a time; the last chunk's answer is the
+    /// receiver's vote after installing. Chunk 0 declares the snapshot's size, so a receiver
+    /// with a lower limit refuses it before any batch travels.
+    async fn send_snapshot_once(
+        &self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, LogSnapshot>,
+        option: &RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, SnapshotFailure> {
         let ttl = option.hard_ttl();
         let frame_bytes_max = self.pool.frame_bytes_max;
         let chunk_bytes_max = option
@@ -328,11 +416,24 @@ impl PeerNetwork {
             .clamp(1, frame_bytes_max);
         let transfer_id = self.pool.next_transfer_id();
         let end_offset = snapshot.snapshot.end_offset;
-        let batches = snapshot.snapshot.into_batches().await.map_err(|e| {
-            StreamingError::Unreachable(Unreachable::from_string(format!(
-                "reading the snapshot to send: {e}"
-            )))
-        })?;
+        let batches = snapshot
+            .snapshot
+            .into_batches_at_most(self.pool.snapshot_bytes_max.get())
+            .await
+            .map_err(|e| {
+                let reason = format!(
+                    "node {}, partition {}: reading the snapshot to send: {e}",
+                    self.target, self.partition.0
+                );
+                if let SnapshotReadError::TooLarge { .. } = e {
+                    SnapshotFailure::Refused(reason)
+                } else {
+                    SnapshotFailure::Other(StreamingError::Unreachable(Unreachable::from_string(
+                        reason,
+                    )))
+                }
+            })?;
+        let snapshot_bytes: u64 = batches.iter().map(|b| b.len() as u64).sum();
         let mut batches = batches.into_iter().peekable();
         let mut chunk_index: u32 = 0;
         loop {
@@ -347,46 +448,53 @@ impl PeerNetwork {
                 batches: Vec::new(),
                 last: false,
                 end_offset: first.then_some(end_offset),
+                snapshot_bytes: first.then_some(snapshot_bytes),
             };
             let chunk_bytes = fill_chunk(&mut chunk, &mut batches, chunk_bytes_max);
             if chunk_bytes > frame_bytes_max {
                 let batch = chunk.batches.first().map_or(0, |b| b.len());
-                return Err(StreamingError::Unreachable(Unreachable::from_string(
-                    format!(
-                        "snapshot of partition {} for node {}: a batch of {batch} bytes needs a \
+                return Err(SnapshotFailure::Refused(format!(
+                    "snapshot of partition {} for node {}: a batch of {batch} bytes needs a \
                      frame of {chunk_bytes} bytes, over the frame limit of {frame_bytes_max} \
                      bytes; raise --frame-bytes-max on every node",
-                        self.partition.0, self.target
-                    ),
+                    self.partition.0, self.target
                 )));
             }
             let last = chunk.last;
-            let answer = self
-                .call(Request::RaftSnapshot(chunk), ttl)
-                .await
-                .map_err(|e| {
-                    StreamingError::from(self.rpc_error(e, RPCTypes::InstallSnapshot, ttl))
-                })?;
+            let answer = self.call(Request::RaftSnapshot(chunk), ttl).await.map_err(
+                |e| match e {
+                    PeerError::Remote(err) => SnapshotFailure::Refused(format!(
+                        "node {} ({}), partition {}: answered snapshot chunk {chunk_index} with \
+                         {err}",
+                        self.target, self.peer.addr, self.partition.0
+                    )),
+                    e => SnapshotFailure::Other(StreamingError::from(self.rpc_error(
+                        e,
+                        RPCTypes::InstallSnapshot,
+                        ttl,
+                    ))),
+                },
+            )?;
             let Response::RaftSnapshot(answer) = answer else {
-                return Err(self.unexpected(&answer).into());
+                return Err(SnapshotFailure::Other(self.unexpected(&answer).into()));
             };
             match (last, wire::decode_snapshot_response(answer)) {
                 (true, Some(done)) => return Ok(done),
                 (false, None) => {}
                 (true, None) | (false, Some(_)) => {
-                    return Err(StreamingError::Unreachable(Unreachable::from_string(
-                        format!(
+                    return Err(SnapshotFailure::Other(StreamingError::Unreachable(
+                        Unreachable::from_string(format!(
                             "node {} answered snapshot chunk {chunk_index} of partition {} out of \
-                         protocol (last = {last})",
+                             protocol (last = {last})",
                             self.target, self.partition.0
-                        ),
+                        )),
                     )));
                 }
             }
             chunk_index = chunk_index.checked_add(1).ok_or_else(|| {
-                StreamingError::Unreachable(Unreachable::from_string(
+                SnapshotFailure::Other(StreamingError::Unreachable(Unreachable::from_string(
                     "snapshot has more than u32::MAX chunks",
-                ))
+                )))
             })?;
         }
     }
@@ -523,6 +631,24 @@ fn fill_chunk(
     frame::frame_bytes(chunk)
 }
 
+/// Why a snapshot transfer failed.
+enum SnapshotFailure {
+    /// It will fail again as it is: too large for the target or for this node, or refused by
+    /// the target. The next attempt waits ([`snapshot_refused_backoff`]).
+    Refused(String),
+    /// Anything else (a timeout, a broken connection, a snapshot that changed while it was
+    /// read): openraft retries as for any RPC.
+    Other(StreamingError<TypeConfig>),
+}
+
+/// The wait before the next snapshot transfer to a target after `refusals` in a row.
+fn snapshot_refused_backoff(refusals: u32) -> Duration {
+    let shift = refusals.saturating_sub(1).min(20);
+    Duration::from_millis(
+        (SNAPSHOT_REFUSED_BACKOFF_MS_MIN << shift).min(SNAPSHOT_REFUSED_BACKOFF_MS_MAX),
+    )
+}
+
 /// The wait before dial number `failures + 1` after `failures` failures in a row.
 fn backoff(failures: u32) -> Duration {
     if failures <= 1 {
@@ -542,6 +668,8 @@ struct Peer {
     failures: Cell<u32>,
     /// RPC timeouts since the last answer on the current connection.
     timeouts_in_a_row: Cell<u32>,
+    /// Connections made so far: a new one may reach a restarted node.
+    connections: Cell<u64>,
 }
 
 enum PeerState {
@@ -564,6 +692,7 @@ impl Peer {
             dialed: Event::new(),
             failures: Cell::new(0),
             timeouts_in_a_row: Cell::new(0),
+            connections: Cell::new(0),
         }
     }
 
@@ -615,6 +744,7 @@ impl Peer {
             match result {
                 Ok(conn) => {
                     peer.timeouts_in_a_row.set(0);
+                    peer.connections.set(peer.connections.get() + 1);
                     *peer.state.borrow_mut() = PeerState::Connected(Rc::new(conn));
                 }
                 Err(error) => {
@@ -715,6 +845,23 @@ mod tests {
     use super::*;
     use crate::proto::{RaftAppendRequest, RaftEntry, RaftEntryKind};
     use bytes::Bytes;
+
+    #[test]
+    fn refused_snapshots_wait_one_second_then_double_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| snapshot_refused_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000
+            ]
+        );
+        assert_eq!(
+            snapshot_refused_backoff(u32::MAX),
+            Duration::from_millis(SNAPSHOT_REFUSED_BACKOFF_MS_MAX)
+        );
+    }
 
     #[test]
     fn backoff_retries_once_at_once_then_doubles_up_to_the_cap() {

@@ -125,6 +125,28 @@ pub struct LogSnapshot {
     pub end_offset: u64,
 }
 
+/// Why a snapshot's batches could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotReadError {
+    /// It holds more bytes of batches than a node takes for one transfer.
+    TooLarge { bytes_max: u64 },
+    /// Reading the log failed, or retention removed batches while they were read.
+    Other(String),
+}
+
+impl fmt::Display for SnapshotReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotReadError::TooLarge { bytes_max } => write!(
+                f,
+                "the snapshot holds more than the {bytes_max} bytes this node reads for one \
+                 transfer (--snapshot-bytes-max)"
+            ),
+            SnapshotReadError::Other(message) => f.write_str(message),
+        }
+    }
+}
+
 /// Where a lazy snapshot's batches come from: every batch of `log` up to Raft index `upto`.
 #[derive(Clone)]
 pub struct SnapshotSource {
@@ -195,6 +217,29 @@ pub fn check_snapshot_batches(
 impl LogSnapshot {
     /// Every batch of the snapshot, reading a lazy one from its log now.
     pub async fn into_batches(self) -> Result<Vec<Bytes>, String> {
+        self.into_batches_at_most(u64::MAX)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`LogSnapshot::into_batches`], failing with [`SnapshotReadError::TooLarge`] as soon as
+    /// the batches read add up to more than `bytes_max`: what a node holds of one snapshot in
+    /// memory.
+    pub async fn into_batches_at_most(
+        self,
+        bytes_max: u64,
+    ) -> Result<Vec<Bytes>, SnapshotReadError> {
+        let mut bytes = 0u64;
+        let mut count = |b: &Bytes| -> Result<(), SnapshotReadError> {
+            bytes = bytes.saturating_add(b.len() as u64);
+            if bytes > bytes_max {
+                return Err(SnapshotReadError::TooLarge { bytes_max });
+            }
+            Ok(())
+        };
+        for b in &self.batches {
+            count(b)?;
+        }
         let Some(source) = self.source else {
             return Ok(self.batches);
         };
@@ -208,23 +253,24 @@ impl LogSnapshot {
                 .log
                 .read_raft(next.unwrap_or(0), 4 << 20)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| SnapshotReadError::Other(e.to_string()))?;
             let mut progressed = false;
             for b in chunk {
                 let index = b.header().meta.raft_index;
                 match next {
                     Some(n) if index < n => continue,
                     Some(n) if index > n => {
-                        return Err(format!(
+                        return Err(SnapshotReadError::Other(format!(
                             "retention removed Raft entries {n}..{index} while a snapshot of \
                              them was read; it is read again on the next attempt"
-                        ));
+                        )));
                     }
                     _ => {}
                 }
                 if index > source.upto {
                     return Ok(out);
                 }
+                count(b.bytes())?;
                 out.push(b.bytes().clone());
                 next = Some(index + 1);
                 progressed = true;
@@ -233,5 +279,31 @@ impl LogSnapshot {
                 return Ok(out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_read_only_up_to_the_byte_limit() {
+        let snapshot = LogSnapshot {
+            batches: vec![Bytes::from(vec![1u8; 600]), Bytes::from(vec![2u8; 500])],
+            source: None,
+            end_offset: 2,
+        };
+        let read = |max| futures_lite::future::block_on(snapshot.clone().into_batches_at_most(max));
+        assert_eq!(read(1_100).map(|b| b.len()), Ok(2));
+        let refused = read(1_099).unwrap_err();
+        assert_eq!(refused, SnapshotReadError::TooLarge { bytes_max: 1_099 });
+        assert!(
+            refused.to_string().contains("--snapshot-bytes-max"),
+            "{refused}"
+        );
+        assert_eq!(
+            futures_lite::future::block_on(snapshot.into_batches()).map(|b| b.len()),
+            Ok(2)
+        );
     }
 }
