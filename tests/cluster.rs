@@ -661,6 +661,46 @@ fn a_joining_node_becomes_a_voter_and_a_node_that_left_gets_no_new_records() {
             }
         }
     });
+
+    // Node 4 restarts (without --join, so it stays out) and then node 1, which led when node 4
+    // left, dies. A client that knows only node 4 is sent to node 1, a stale leader it cannot
+    // reach: it learns the cluster's servers from node 4 and finds the new leader at the
+    // first call, instead of going back and forth between node 4 and node 1.
+    cluster.kill9(4);
+    cluster.restart_without_join(4);
+    cluster.kill9(1);
+    let via4 = cluster.client_of(&[4]);
+    let survivors = cluster.client_of(&[2, 3]);
+    let (addr2, addr3) = (cluster.addr(2), cluster.addr(3));
+    common::run(|| async {
+        for p in 0..PARTITIONS {
+            let value = Bytes::from(format!("after-leave-through-node-4-p{p}"));
+            let resp = via4
+                .produce(p, vec![value.clone()])
+                .await
+                .unwrap_or_else(|e| panic!("p{p}, through a client that knows only node 4: {e}"));
+            for addr in [addr2, addr3] {
+                let deadline = Instant::now() + CONVERGE;
+                loop {
+                    let held = read_below_high_watermark(&survivors, addr, p)
+                        .await
+                        .unwrap_or_else(|e| panic!("read {addr} p{p}: {e}"));
+                    if held
+                        .iter()
+                        .any(|(o, v)| *o == resp.base_offset && *v == value)
+                    {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{addr} p{p} never got offset {}",
+                        resp.base_offset
+                    );
+                    corelog::io::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
 }
 
 /// A node that joins a cluster already at its replication factor (3) stays a learner of every

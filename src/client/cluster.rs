@@ -2,8 +2,9 @@
 //!
 //! [`ClusterClient`] keeps a [`Client`] per node it has talked to and a cache of partition
 //! leaders. A `NotLeader` answer (certainly not applied) moves the partition to the named
-//! leader and resends; when no leader is known yet (an election is running) it waits a little
-//! and asks again. A broken connection to the leader forgets it (the next attempt asks another
+//! leader and resends; when no leader is known yet (an election is running) it learns the
+//! cluster's servers from that node (once per request), waits a little and asks again,
+//! going round the nodes it knows. A broken connection to the leader forgets it (the next attempt asks another
 //! node); a produce is resent only when the server said it certainly was not applied.
 
 use std::cell::RefCell;
@@ -179,6 +180,19 @@ impl ClusterClient {
         }
     }
 
+    /// Adds every server `node` lists (GetServers) to the seeds. Best effort: addresses that
+    /// are not IP:PORT, and a node that does not answer, add nothing.
+    async fn discover(&self, node: &Client) {
+        if let Ok(servers) = node.get_servers().await {
+            self.add_seeds(
+                servers
+                    .servers
+                    .iter()
+                    .filter_map(|s| s.rpc_addr.parse::<SocketAddr>().ok()),
+            );
+        }
+    }
+
     /// The cluster's servers, as the first reachable seed sees them.
     pub async fn get_servers(&self) -> Result<GetServersResponse, ClientError> {
         let seeds = self.seeds.borrow().clone();
@@ -205,6 +219,7 @@ impl ClusterClient {
     ) -> Result<Response, ClientError> {
         let deadline = Instant::now() + self.leader_wait;
         let mut attempt = 0;
+        let mut discovered = false;
         loop {
             let addr = self.leader_of(partition, attempt);
             attempt += 1;
@@ -237,6 +252,14 @@ impl ClusterClient {
                         }
                         _ => {
                             self.leaders.borrow_mut().remove(&partition);
+                            // The node knows no leader: learn the cluster's other nodes from
+                            // it (once per request), so that the next attempts can ask them.
+                            // A client that knows only a node removed from the cluster would
+                            // otherwise ask nothing else.
+                            if !discovered {
+                                discovered = true;
+                                self.discover(&node).await;
+                            }
                             Duration::from_millis(NO_LEADER_BACKOFF_MS)
                         }
                     }

@@ -156,6 +156,17 @@ impl Cluster {
 
     /// [`Cluster::start`] with more flags for this start of this node only.
     pub fn start_with(&mut self, id: u64, extra: &[&str]) {
+        self.start_node(id, extra, true);
+    }
+
+    /// Restarts node `id` (not node 1) with `--cluster` instead of `--join`: a node that left
+    /// stays out of the cluster (with `--join` it would join again).
+    pub fn restart_without_join(&mut self, id: u64) {
+        assert_ne!(id, 1, "node 1 bootstraps; it never joins");
+        self.start_node(id, &[], false);
+    }
+
+    fn start_node(&mut self, id: u64, extra: &[&str], join: bool) {
         assert!(!self.nodes.contains_key(&id), "node {id} is running");
         let port = *self.ports.entry(id).or_insert_with(free_port);
         if let Some(proxies) = &mut self.proxies {
@@ -169,7 +180,7 @@ impl Cluster {
         let id_s = id.to_string();
         let partitions = self.partitions.to_string();
         let rf = self.replication_factor.map(|n| n.to_string());
-        let join = (id != 1).then(|| self.addr(1).to_string());
+        let join = (id != 1 && join).then(|| self.addr(1).to_string());
         let mut args = vec![
             "--tls-dir",
             self.tls.to_str().unwrap(),
@@ -194,6 +205,7 @@ impl Cluster {
         args.extend_from_slice(extra);
         match &join {
             Some(addr) => args.extend(["--join", addr.as_str()]),
+            // Node 1 bootstraps; a restarted node that is not fresh does nothing more.
             None => args.push("--cluster"),
         }
         let node = NodeProcess::start(&data, &args);
