@@ -65,8 +65,23 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
             client.produce(0, vec![value(i)]).await.expect("produce");
         }
     });
-    // Every node reports its Raft state and latencies; exactly one leads partition 0.
-    let docs: Vec<serde_json::Value> = (1..=3).map(|id| cluster.node(id).stats_json()).collect();
+    // Every node reports its Raft state and latencies; exactly one leads partition 0. A
+    // follower applies what the leader committed when it next hears from it: wait for that.
+    let deadline = Instant::now() + CONVERGE;
+    let docs: Vec<serde_json::Value> = loop {
+        let docs: Vec<serde_json::Value> =
+            (1..=3).map(|id| cluster.node(id).stats_json()).collect();
+        let applied = |d: &serde_json::Value| d["raft"]["0"]["applied_index"].as_u64();
+        if docs.iter().all(|d| applied(d).is_some_and(|a| a >= 50)) {
+            break docs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every node applied the 50 records: {:?}",
+            docs.iter().map(applied).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let leaders = docs
         .iter()
         .filter(|d| d["raft"]["0"]["is_leader"] == serde_json::json!(true))

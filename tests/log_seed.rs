@@ -261,8 +261,9 @@ fn segments_removed_under_a_reader_stay_readable_to_it_and_their_files_go() {
 }
 
 /// Segment files larger than a shrink step (8 MiB) are shrunk before removal, but only once no
-/// reader holds them: a reader holding 16 MiB segments while truncate removes them reads every
-/// byte after the background thread has finished with the files.
+/// reader holds them: while a reader holds 16 MiB segments that truncate removed, their files
+/// stay whole under their `.deleted` names, the reader reads every byte, and once it lets go the
+/// files are shrunk and removed.
 #[test]
 fn a_segment_still_held_by_a_reader_is_not_shrunk_under_it() {
     let dir = test_dir("no-shrink-under-reader");
@@ -282,8 +283,30 @@ fn a_segment_still_held_by_a_reader_is_not_shrunk_under_it() {
         let upto = Offset(400);
         log.truncate(upto).await.unwrap();
         assert!(log.lowest_offset() > Offset(0));
-        // The removed files are gone: the background thread is done with them.
-        wait_for_no_deleted_files(&check_dir).await;
+        // Longer than any read in flight: the files wait for the reader, whole.
+        corelog::io::sleep(std::time::Duration::from_millis(300)).await;
+        let held: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(&check_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.to_string_lossy().contains(".store.") && p.extension() == Some("deleted".as_ref())
+            })
+            .map(|p| {
+                let len = std::fs::metadata(&p).unwrap().len();
+                (p, len)
+            })
+            .collect();
+        assert!(
+            !held.is_empty(),
+            "the removed segments' files are gone while a reader holds them"
+        );
+        for (path, len) in &held {
+            assert!(
+                *len > 12 << 20,
+                "{} was shrunk to {len} bytes under the reader",
+                path.display()
+            );
+        }
         let records = read_to_end(&mut reader, Vec::new()).await;
         assert_eq!(
             records.len(),
@@ -294,7 +317,9 @@ fn a_segment_still_held_by_a_reader_is_not_shrunk_under_it() {
             assert_eq!(off, Offset(n as u64));
             assert_eq!(v, Bytes::from(value(n as u64)), "record {n}");
         }
+        // Let go: the files are shrunk and removed.
         drop(reader);
+        wait_for_no_deleted_files(&check_dir).await;
         log.close().await.unwrap();
     });
 }

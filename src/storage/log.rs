@@ -791,14 +791,20 @@ impl Log {
     }
 }
 
-/// How long deleting segments waits, in all, for reads in flight on them to let go of their
-/// files. Short: it holds the log's lock. A reader that holds segments for long (the seed's
-/// `Reader`) closes them itself when it is dropped, and pays for the freeing then.
-const SEGMENT_RELEASE_WAIT: Duration = Duration::from_millis(100);
+/// How long a deleted segment's files wait, at most, for the readers that still hold the
+/// segment (the seed's `Reader`, which sends snapshots, may hold it for a long time) to let
+/// go, before they are removed anyway (without shrinking: the last reader's close then frees
+/// the blocks, on its core).
+const HELD_SEGMENT_WAIT_MAX: Duration = Duration::from_secs(600);
+/// The first pause between two looks at whether a deleted segment was let go; it doubles up to
+/// [`HELD_SEGMENT_POLL_MAX`].
+const HELD_SEGMENT_POLL_MIN: Duration = Duration::from_millis(5);
+const HELD_SEGMENT_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Closes `seg`'s files once nothing else holds the segment, waiting until `deadline`; whether
 /// it did. After that it gives up: the last reader to let go closes them.
 async fn close_when_released(mut seg: Rc<Segment>, deadline: Instant) -> bool {
+    let mut pause = HELD_SEGMENT_POLL_MIN;
     loop {
         match Rc::try_unwrap(seg) {
             Ok(owned) => {
@@ -807,7 +813,8 @@ async fn close_when_released(mut seg: Rc<Segment>, deadline: Instant) -> bool {
             }
             Err(shared) if Instant::now() < deadline => {
                 seg = shared;
-                io::sleep(Duration::from_millis(5)).await;
+                io::sleep(pause).await;
+                pause = (pause * 2).min(HELD_SEGMENT_POLL_MAX);
             }
             Err(_) => return false,
         }
@@ -1384,25 +1391,38 @@ impl Shared {
     }
 
     /// Deletes the files of segments the log no longer holds, already renamed out of the way
-    /// ([`Shared::rename_out`]), without stopping the core or the disk.
+    /// ([`Shared::rename_out`]), without stopping the core or the disk, and without waiting.
     ///
     /// Freeing a large file's blocks costs whichever thread drops its last reference, the
     /// name or the last open descriptor: 0.5 s for a 256 MiB segment on this machine's ext4
     /// (mounted with `discard`). Done on the core, every partition of it waited and a Raft
-    /// leader could miss its heartbeats. So, under the log's lock (no new segment can take
-    /// the name meanwhile), each segment's files were renamed, and the segment is closed,
-    /// while still linked (cheap), once reads in flight let go of it (up to
-    /// [`SEGMENT_RELEASE_WAIT`] for all of them). The process's remover thread then shrinks
-    /// and removes the files ([`Disk::remove_files_in_background`]), outside the lock;
-    /// recovery removes what a crash left.
+    /// leader could miss its heartbeats. So each segment's files were renamed (under the
+    /// log's lock, so no new segment could take the name meanwhile), and the segment is closed,
+    /// while still linked (cheap), once nothing reads it any more: at once, or, while readers
+    /// hold it, by a task of this core that waits for them (up to [`HELD_SEGMENT_WAIT_MAX`])
+    /// outside the lock. The process's remover thread then shrinks and removes the files
+    /// ([`Disk::remove_files_in_background`]); recovery removes what a crash left.
     async fn finish_deleting(&self, segments: Vec<(Rc<Segment>, Vec<PathBuf>)>) {
-        let deadline = Instant::now() + SEGMENT_RELEASE_WAIT;
         let mut doomed = Vec::with_capacity(2 * segments.len());
         for (seg, files) in segments {
-            // Only a file nobody reads any more may be shrunk first; a reader still holding
-            // one frees it when it lets go.
-            let released = close_when_released(seg, deadline).await;
-            doomed.extend(files.into_iter().map(|path| (path, released)));
+            match Rc::try_unwrap(seg) {
+                Ok(owned) => {
+                    owned.close().await;
+                    doomed.extend(files.into_iter().map(|path| (path, true)));
+                }
+                Err(held) => {
+                    // Only a file nobody reads any more may be shrunk; until then its name
+                    // stays, so that its blocks are not freed under the reader.
+                    let disk = self.disk.clone();
+                    glommio::spawn_local(async move {
+                        let deadline = Instant::now() + HELD_SEGMENT_WAIT_MAX;
+                        let released = close_when_released(held, deadline).await;
+                        let files = files.into_iter().map(|path| (path, released)).collect();
+                        disk.remove_files_in_background(files);
+                    })
+                    .detach();
+                }
+            }
         }
         self.disk.remove_files_in_background(doomed);
     }
