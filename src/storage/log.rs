@@ -1441,7 +1441,10 @@ impl Shared {
                 return Ok(Vec::new());
             }
             if st.cache.front().is_some_and(|b| b.base_offset() <= offset) {
-                let mut batches = collect_from(st.cache.iter(), offset, max_bytes);
+                // Binary search: a scan would cost every read the whole cache (16 MiB of small
+                // batches is tens of thousands of them).
+                let first = st.cache.partition_point(|b| b.next_offset() <= offset);
+                let mut batches = collect_from(st.cache.range(first..), offset, max_bytes);
                 batches.retain(|b| b.base_offset() < visible);
                 return Ok(batches);
             }
@@ -1487,10 +1490,9 @@ impl Shared {
             {
                 let mut out = Vec::new();
                 let mut bytes = 0usize;
-                for b in st.cache.iter() {
-                    if b.header().meta.raft_index < from {
-                        continue;
-                    }
+                // Raft indexes rise through the cache: binary search, not a scan of it all.
+                let first = st.cache.partition_point(|b| b.header().meta.raft_index < from);
+                for b in st.cache.range(first..) {
                     bytes += b.len();
                     out.push(b.clone());
                     if bytes >= max_bytes {
