@@ -324,6 +324,45 @@ fn a_segment_still_held_by_a_reader_is_not_shrunk_under_it() {
     });
 }
 
+/// Retention does not free a deleted segment on the caller's thread: the append whose roll
+/// removed a 64 MiB segment returns while the segment's store is still on disk under its
+/// `.deleted` name (the process's remover thread shrinks it 8 MiB every 20 ms before removing
+/// it), and soon it is gone. The log itself no longer holds the segment at once.
+#[test]
+fn retention_leaves_freeing_a_deleted_segment_to_the_remover_thread() {
+    let dir = test_dir("retention-in-background");
+    let check_dir = dir.clone();
+    run(|| async move {
+        let config = LogConfig {
+            segment_bytes_max: 64 << 20,
+            retention_bytes: Some(32 << 20),
+            ..LogConfig::default()
+        };
+        let log = Log::open(&dir, config).await.unwrap();
+        let value = vec![7u8; 1 << 20];
+        let removed_before = corelog::io::background_removal_stats().removed;
+        let mut appended = 0;
+        while log.lowest_offset() == Offset(0) {
+            log.append(&value).await.unwrap();
+            appended += 1;
+            assert!(appended < 100, "retention never removed the first segment");
+        }
+        let store = std::fs::read_dir(&check_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.to_string_lossy().contains(".store.") && p.extension() == Some("deleted".as_ref())
+            })
+            .expect("the removed segment's store was freed before the append returned");
+        assert!(std::fs::metadata(&store).unwrap().len() > 0);
+        wait_for_no_deleted_files(&check_dir).await;
+        let stats = corelog::io::background_removal_stats();
+        assert!(stats.removed >= removed_before + 2, "{stats:?}");
+        assert_eq!(log.segment_count(), 1);
+        log.close().await.unwrap();
+    });
+}
+
 /// Waits (up to 10 s) until `dir` holds no segment file being deleted.
 async fn wait_for_no_deleted_files(dir: &std::path::Path) {
     let deleted = || {

@@ -1491,7 +1491,9 @@ impl Shared {
                 let mut out = Vec::new();
                 let mut bytes = 0usize;
                 // Raft indexes rise through the cache: binary search, not a scan of it all.
-                let first = st.cache.partition_point(|b| b.header().meta.raft_index < from);
+                let first = st
+                    .cache
+                    .partition_point(|b| b.header().meta.raft_index < from);
                 for b in st.cache.range(first..) {
                     bytes += b.len();
                     out.push(b.clone());
