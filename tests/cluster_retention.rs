@@ -43,21 +43,16 @@ async fn holdings(client: &ClusterClient, at: SocketAddr) -> (u64, Vec<(u64, Byt
     panic!("{at}: retention kept moving the start of the log");
 }
 
-#[test]
-fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments() {
-    // One partition, 64 KiB segments, 256 KiB retention checked every 200 ms.
-    let mut cluster = Cluster::new("cluster_retention", 1).with_args(&[
-        "--segment-bytes",
-        "65536",
-        "--retention-bytes",
-        "262144",
-        "--retention-check-ms",
-        "200",
-    ]);
-    cluster.start_nodes(3);
-    let value = |i: usize| Bytes::from(format!("{i:06}-{}", "x".repeat(1000)));
+/// The record at offset `i` of every test here (about 1 KiB).
+fn value(i: usize) -> Bytes {
+    Bytes::from(format!("{i:06}-{}", "x".repeat(1000)))
+}
 
-    // Three voters, some records everywhere.
+/// Starts three nodes with `args` (one partition), waits until all three are voters and
+/// produces records 0..50.
+fn start_three_with_50_records(name: &str, args: &[&str]) -> Cluster {
+    let mut cluster = Cluster::new(name, 1).with_args(args);
+    cluster.start_nodes(3);
     let client = cluster.client();
     common::run(|| async {
         wait_for_voter_set(&client, 1, &[1, 2, 3], Instant::now() + CONVERGE).await;
@@ -65,6 +60,43 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
             client.produce(0, vec![value(i)]).await.expect("produce");
         }
     });
+    cluster
+}
+
+/// Waits until nodes 1 and 2 (whichever leads) both start past offset 50: retention dropped
+/// what a node that stopped at 50 still needs, which it must then get as a snapshot.
+async fn wait_until_retention_passed_50(client: &ClusterClient, cluster: &Cluster) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (start1, _) = holdings(client, cluster.addr(1)).await;
+        let (start2, _) = holdings(client, cluster.addr(2)).await;
+        if start1 > 50 && start2 > 50 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never removed a segment on nodes 1 and 2 (they start at {start1}, \
+             {start2})"
+        );
+        corelog::io::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments() {
+    // One partition, 64 KiB segments, 256 KiB retention checked every 200 ms; three voters,
+    // some records everywhere.
+    let mut cluster = start_three_with_50_records(
+        "cluster_retention",
+        &[
+            "--segment-bytes",
+            "65536",
+            "--retention-bytes",
+            "262144",
+            "--retention-check-ms",
+            "200",
+        ],
+    );
     // Every node reports its Raft state and latencies; exactly one leads partition 0. A
     // follower applies what the leader committed when it next hears from it: wait for that.
     let deadline = Instant::now() + CONVERGE;
@@ -132,22 +164,7 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
                 .expect("produce while node 3 is down");
         }
         // The leader's retention removes the oldest segments (through a Raft purge).
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            // Both survivors (whichever leads) must have dropped what node 3 still needs, or
-            // node 3 may legitimately catch up from the log instead of a snapshot.
-            let (start1, _) = holdings(&client, cluster.addr(1)).await;
-            let (start2, _) = holdings(&client, cluster.addr(2)).await;
-            if start1 > 50 && start2 > 50 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "retention never removed a segment on nodes 1 and 2 (they start at {start1}, \
-                 {start2})"
-            );
-            corelog::io::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_retention_passed_50(&client, &cluster).await;
     });
     // Node 3 comes back: what it needs is gone from the leader's log, so it gets a snapshot.
     cluster.start(3);
@@ -209,23 +226,17 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
     // last write, so its snapshot covers the whole active segment, ~2 MiB (a snapshot holds
     // the retained batches up to the applied index when it is taken), over 1 MiB, the
     // lowest limit a node takes.
-    let mut cluster = Cluster::new("cluster_snapshot_refused", 1).with_args(&[
-        "--segment-bytes",
-        "4194304",
-        "--retention-ms",
-        "5000",
-        "--retention-check-ms",
-        "200",
-    ]);
-    cluster.start_nodes(3);
-    let value = |i: usize| Bytes::from(format!("{i:06}-{}", "y".repeat(1000)));
-    let client = cluster.client();
-    common::run(|| async {
-        wait_for_voter_set(&client, 1, &[1, 2, 3], Instant::now() + CONVERGE).await;
-        for i in 0..50 {
-            client.produce(0, vec![value(i)]).await.expect("produce");
-        }
-    });
+    let mut cluster = start_three_with_50_records(
+        "cluster_snapshot_refused",
+        &[
+            "--segment-bytes",
+            "4194304",
+            "--retention-ms",
+            "5000",
+            "--retention-check-ms",
+            "200",
+        ],
+    );
     cluster.kill9(3);
     let total = 6000;
     let client = cluster.client();
@@ -243,19 +254,7 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
             took < Duration::from_secs(4),
             "producing took {took:?}: retention may have run before the last write"
         );
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let (start1, _) = holdings(&client, cluster.addr(1)).await;
-            let (start2, _) = holdings(&client, cluster.addr(2)).await;
-            if start1 > 50 && start2 > 50 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "retention never removed a segment"
-            );
-            corelog::io::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_retention_passed_50(&client, &cluster).await;
     });
 
     // Node 3 comes back taking at most 1 MiB per snapshot: every transfer is refused.

@@ -657,16 +657,7 @@ fn retention_that_cannot_rename_a_segment_keeps_it_and_a_reopen_agrees() {
         let segments = log.segment_count();
         faults.fail_renames(1);
         let failed = log.apply_retention().await;
-        assert!(
-            matches!(
-                failed,
-                Err(Error::Io {
-                    errno: Some(libc::EIO),
-                    ..
-                })
-            ),
-            "{failed:?}"
-        );
+        expect_eio(&failed);
         assert_eq!(log.lowest_offset(), Offset(0), "the segment left the log");
         assert_eq!(log.segment_count(), segments);
         expect_exactly(&log, &values, "after the failed rename").await;
@@ -708,16 +699,7 @@ fn a_reset_that_cannot_rename_a_segment_fails_and_leaves_the_log_whole() {
         let log = open_faulty(&dir, segments_of_64k(), &faults).await;
         faults.fail_renames(1);
         let failed = log.reset().await;
-        assert!(
-            matches!(
-                failed,
-                Err(Error::Io {
-                    errno: Some(libc::EIO),
-                    ..
-                })
-            ),
-            "{failed:?}"
-        );
+        expect_eio(&failed);
         expect_exactly(&log, &values, "after the failed reset").await;
         log.close().await.unwrap();
 
@@ -735,6 +717,20 @@ fn a_reset_that_cannot_rename_a_segment_fails_and_leaves_the_log_whole() {
         );
         log.close().await.unwrap();
     });
+}
+
+/// `result` failed with EIO.
+fn expect_eio<T: std::fmt::Debug>(result: &corelog::Result<T>) {
+    assert!(
+        matches!(
+            result,
+            Err(Error::Io {
+                errno: Some(libc::EIO),
+                ..
+            })
+        ),
+        "expected an EIO error, got {result:?}"
+    );
 }
 
 /// Segments of 64 KiB, no retention.
