@@ -17,6 +17,7 @@ use common::node::{
     seed_records, server_error, verify_acked,
 };
 use common::{RemoveOnSuccess, run, test_dir};
+use corelog::client::cluster::ClusterClient;
 use corelog::client::{Client, ClientConfig, ClientError, Subscription};
 use corelog::net::errors::ServerError;
 use corelog::net::frame::Request;
@@ -88,6 +89,55 @@ fn produce_then_consume_round_trips_on_every_partition() {
             assert_eq!(info.high_watermark, 5, "partition {}", info.partition);
             assert_eq!(info.log_start_offset, 0);
         }
+    });
+}
+
+/// A client (and a cluster client) kept across two executors run one after the other on the same thread (a program
+/// with phases, or a test) reconnects in the second: its first connection's I/O tasks ended
+/// with the first executor, and a request on it would wait out the request timeout (30 s)
+/// for an answer nothing reads.
+#[test]
+fn a_client_kept_across_two_executors_reconnects_in_the_second() {
+    let node = TestNode::start("e2e-two-executors", &["--cores", "1", "--partitions", "1"]);
+    let mut config = node.client_config("client");
+    // A hang would show as a timeout error instead of a slow test.
+    config.request_timeout = Duration::from_secs(5);
+    let cluster_client = ClusterClient::new(config.clone());
+    let client = run(|| async {
+        let client = Client::connect(config).await.expect("connect");
+        let r = client
+            .produce(0, vec![Bytes::from_static(b"first executor")])
+            .await
+            .expect("produce on the first executor");
+        assert_eq!(r.base_offset, 0);
+        let r = cluster_client
+            .produce(0, vec![Bytes::from_static(b"first, cluster client")])
+            .await
+            .expect("cluster client, first executor");
+        assert_eq!(r.base_offset, 1);
+        client
+    });
+    run(|| async {
+        let r = client
+            .produce(0, vec![Bytes::from_static(b"second executor")])
+            .await
+            .expect("produce on the second executor");
+        assert_eq!(r.base_offset, 2);
+        let r = cluster_client
+            .produce(0, vec![Bytes::from_static(b"second, cluster client")])
+            .await
+            .expect("cluster client, second executor");
+        assert_eq!(r.base_offset, 3);
+        let stored: Vec<Bytes> = read_partition(&client, 0).await.into_values().collect();
+        assert_eq!(
+            stored,
+            [
+                &b"first executor"[..],
+                &b"first, cluster client"[..],
+                &b"second executor"[..],
+                &b"second, cluster client"[..]
+            ]
+        );
     });
 }
 

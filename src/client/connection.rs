@@ -36,6 +36,10 @@ struct Inner {
     pending: RefCell<HashMap<u32, OneshotSender<Result<Response, ClientError>>>>,
     subscriptions: RefCell<HashMap<u32, Rc<SubState>>>,
     closed: RefCell<Option<ClientError>>,
+    /// The glommio executor whose tasks read and write the socket. Once it has ended (a
+    /// program that runs one executor after another), nothing would ever answer: the
+    /// connection counts as closed anywhere else.
+    executor: usize,
 }
 
 struct SubState {
@@ -94,6 +98,7 @@ impl Connection {
             pending: RefCell::new(HashMap::new()),
             subscriptions: RefCell::new(HashMap::new()),
             closed: RefCell::new(None),
+            executor: glommio::executor().id(),
         });
         glommio::spawn_local(write_loop(inner.clone(), writer)).detach();
         glommio::spawn_local(read_loop(
@@ -105,16 +110,29 @@ impl Connection {
         Ok(Connection { inner })
     }
 
-    /// Whether the connection broke or was closed.
+    /// Whether the connection broke or was closed, or belongs to another glommio executor
+    /// than the one running the caller (see [`Connection::request`]).
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.borrow().is_some()
+        self.inner.closed.borrow().is_some() || self.foreign().is_some()
+    }
+
+    /// The error for using this connection from an executor other than the one it was opened
+    /// on: its I/O tasks run there (or ran, if it ended), so a request sent from here might
+    /// never be answered.
+    fn foreign(&self) -> Option<ClientError> {
+        (glommio::executor().id() != self.inner.executor).then(|| ClientError::Connection {
+            addr: self.inner.addr.clone(),
+            message: "the connection was opened on another executor; open a new one on this \
+                      one"
+            .into(),
+        })
     }
 
     /// Sends a request and waits for its response (an error response comes back as
     /// `Ok(Response::Error(..))`).
     pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
         let inner = &self.inner;
-        if let Some(e) = inner.closed.borrow().clone() {
+        if let Some(e) = inner.closed.borrow().clone().or_else(|| self.foreign()) {
             return Err(e);
         }
         let id = inner.next_id();
@@ -143,7 +161,7 @@ impl Connection {
     /// Opens a subscription (see [`Subscription`]).
     pub async fn subscribe(&self, request: SubscribeRequest) -> Result<Subscription, ClientError> {
         let inner = &self.inner;
-        if let Some(e) = inner.closed.borrow().clone() {
+        if let Some(e) = inner.closed.borrow().clone().or_else(|| self.foreign()) {
             return Err(e);
         }
         let id = inner.next_id();
