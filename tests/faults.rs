@@ -719,6 +719,65 @@ fn a_reset_that_cannot_rename_a_segment_fails_and_leaves_the_log_whole() {
     });
 }
 
+/// Fault model: a reset renames the first segment's files out of the way, then cannot rename
+/// the second's. What keeps its name on disk is the rest of the old log, which the next open
+/// accepts; the log in memory, which still holds the renamed segment, stops: an append into
+/// it would be gone after a reopen.
+#[test]
+fn a_reset_that_fails_half_way_stops_the_log_and_a_reopen_finds_a_whole_log() {
+    let dir = test_dir("faults-rename-reset-half");
+    let _cleanup = RemoveOnSuccess(dir.clone());
+    run(|| async move {
+        let faults = Rc::new(Faults::new());
+        let values = fill_segments(&dir, &faults).await;
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        // The first segment's store and index, then the second's store fails.
+        faults.fail_renames_after(2, 1);
+        let failed = log.reset().await;
+        assert!(matches!(failed, Err(Error::Stopped { .. })), "{failed:?}");
+        let refused = log.append(b"after").await;
+        assert!(matches!(refused, Err(Error::Stopped { .. })), "{refused:?}");
+        let _ = log.close().await;
+
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        let start = log.lowest_offset();
+        assert!(start > Offset(0), "the first segment came back");
+        let got = read_all(&log).await.unwrap();
+        let kept = &values[start.get() as usize..];
+        assert_eq!(got.len(), kept.len());
+        for ((offset, value), (i, want)) in got.iter().zip(kept.iter().enumerate()) {
+            assert_eq!(offset.get(), start.get() + i as u64);
+            assert!(value[..] == want[..], "offset {offset:?} differs");
+        }
+        log.reset().await.unwrap();
+        assert_eq!(log.highest_offset(), None);
+        log.close().await.unwrap();
+    });
+}
+
+/// Fault model: a truncation inside the first segment renames the newest later segment out of
+/// the way, then cannot rename the next. The log stops; the next open finds the old log minus
+/// its newest segment and finishes the cut from the truncate marker.
+#[test]
+fn a_cut_that_fails_half_way_stops_the_log_and_a_reopen_finishes_it() {
+    let dir = test_dir("faults-rename-cut-half");
+    let _cleanup = RemoveOnSuccess(dir.clone());
+    run(|| async move {
+        let faults = Rc::new(Faults::new());
+        let values = fill_segments(&dir, &faults).await;
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        faults.fail_renames_after(2, 1);
+        let failed = log.truncate_after(Offset(10)).await;
+        assert!(matches!(failed, Err(Error::Stopped { .. })), "{failed:?}");
+        let _ = log.close().await;
+
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        expect_exactly(&log, &values[..=10], "reopened after the failed cut").await;
+        assert_eq!(log.segment_count(), 1);
+        log.close().await.unwrap();
+    });
+}
+
 /// `result` failed with EIO.
 fn expect_eio<T: std::fmt::Debug>(result: &corelog::Result<T>) {
     assert!(

@@ -19,6 +19,7 @@ pub struct Faults {
     sync_errors: Cell<u32>,
     read_errors: Cell<u32>,
     rename_errors: Cell<u32>,
+    renames_before_errors: Cell<u32>,
     disk_full: Cell<bool>,
     /// The disk becomes full once this many writes reached it.
     full_after_writes: Cell<Option<u64>>,
@@ -51,6 +52,12 @@ impl Faults {
 
     /// The next `n` renames fail with EIO.
     pub fn fail_renames(&self, n: u32) {
+        self.fail_renames_after(0, n);
+    }
+
+    /// After `ok` more renames succeed, the next `n` fail with EIO.
+    pub fn fail_renames_after(&self, ok: u32, n: u32) {
+        self.renames_before_errors.set(ok);
         self.rename_errors.set(n);
     }
 
@@ -126,6 +133,9 @@ impl Faults {
     }
 
     pub(super) fn before_rename(&self, path: &Path) -> Result<()> {
+        if self.rename_errors.get() > 0 && take(&self.renames_before_errors) {
+            return Ok(());
+        }
         if take(&self.rename_errors) {
             return Err(Error::from_io(
                 "renaming",

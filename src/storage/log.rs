@@ -1371,25 +1371,6 @@ impl Shared {
         Ok(renamed)
     }
 
-    /// Renames out of the way the files of segments the log no longer holds (newest first,
-    /// as given), then deletes them ([`Shared::finish_deleting`]). Every segment is tried;
-    /// the first failure is returned. For cuts only, which a truncate marker covers until
-    /// they are complete.
-    async fn delete_segments(&self, segments: Vec<Rc<Segment>>) -> Result<()> {
-        let mut gone = Vec::with_capacity(segments.len());
-        let mut failed = None;
-        for seg in segments {
-            match self.rename_out(&seg).await {
-                Ok(files) => gone.push((seg, files)),
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
-            }
-        }
-        self.finish_deleting(gone).await;
-        failed.map_or(Ok(()), Err)
-    }
-
     /// Deletes the files of segments the log no longer holds, already renamed out of the way
     /// ([`Shared::rename_out`]), without stopping the core or the disk, and without waiting.
     ///
@@ -1670,10 +1651,33 @@ impl Shared {
             let base = self.state.borrow().segments[0].base();
             return self.replace_all_segments(base).await;
         };
-        let tail = self.cut_store(&seg, cut_pos).await?;
+        // The later segments go first, newest first, so that what keeps its name on disk is
+        // always a log the next open accepts; the truncate marker then finishes the cut.
+        let mut gone = Vec::with_capacity(later.len());
+        for seg in later.iter().rev() {
+            match self.rename_out(seg).await {
+                Ok(files) => gone.push((seg.clone(), files)),
+                Err(e) if gone.is_empty() => return Err(e),
+                Err(e) => return Err(self.stop_after_partial_delete(e)),
+            }
+        }
+        let stop_if_renamed = |e: Error| {
+            if gone.is_empty() {
+                e
+            } else {
+                self.stop_after_partial_delete(e)
+            }
+        };
+        let tail = self
+            .cut_store(&seg, cut_pos)
+            .await
+            .map_err(stop_if_renamed)?;
         seg.with_index(|ix| ix.truncate_at_position(cut_pos));
         let index_bytes = seg.with_index(|ix| ix.blocks_persisted() * INDEX_BLOCK_BYTES) as u64;
-        seg.index_file.truncate(index_bytes).await?;
+        seg.index_file
+            .truncate(index_bytes)
+            .await
+            .map_err(stop_if_renamed)?;
         seg.set_tail(cut_pos, cut, timestamp_ms);
         seg.set_sealed(false);
         {
@@ -1691,11 +1695,22 @@ impl Shared {
             st.cache.clear();
             st.cache_bytes = 0;
         }
-        self.delete_segments(later.into_iter().rev().collect())
-            .await?;
+        drop(later);
+        self.finish_deleting(gone).await;
         self.disk.sync_dir(&self.dir).await?;
         self.committed.notify();
         Ok(())
+    }
+
+    /// A deletion failed after some segments' files were renamed away. What keeps its name on
+    /// disk is a log the next open accepts, but this log still holds the renamed segments in
+    /// memory, and what it appended to one of them would be gone at the next open: it stops
+    /// (appends fail) until it is reopened.
+    fn stop_after_partial_delete(&self, e: Error) -> Error {
+        let reason = format!("deleting segments failed half-way ({e}); reopen the log");
+        log::error!("{}: {reason}", self.dir.display());
+        self.state.borrow_mut().stopped = Some(reason.clone());
+        Error::Stopped { reason }
     }
 
     /// Makes `end` the store's logical end on disk: zeroes the rest of its block, cuts the file
@@ -1712,20 +1727,25 @@ impl Shared {
         Ok(tail)
     }
 
-    /// Replaces every segment with one, empty, at `base`. The old segments' files are
-    /// renamed out of the way first, oldest first, so that what keeps its name on disk is
-    /// always a log the next open accepts (a suffix of the old one, if a rename fails: then
-    /// the error is returned and the state is left as it was, the renamed segments still
-    /// readable through their open files).
+    /// Replaces every segment with one, empty, at `base`. Every old segment's files are
+    /// renamed out of the way first (one at `base` too: a reader may still hold it), oldest
+    /// first, so that what keeps its name on disk is always a log the next open accepts: a
+    /// suffix of the old one. If the first rename fails, nothing changed and the error is
+    /// returned; a failure after that stops the log ([`Shared::stop_after_partial_delete`]).
     async fn replace_all_segments(&self, base: Offset) -> Result<()> {
         let old: Vec<Rc<Segment>> = self.state.borrow().segments.clone();
         let mut gone = Vec::with_capacity(old.len());
-        // An old segment at `base` has its files replaced by the new one's: not renamed.
-        for seg in old.into_iter().filter(|s| s.base() != base) {
-            let files = self.rename_out(&seg).await?;
-            gone.push((seg, files));
+        for seg in old {
+            match self.rename_out(&seg).await {
+                Ok(files) => gone.push((seg, files)),
+                Err(e) if gone.is_empty() => return Err(e),
+                Err(e) => return Err(self.stop_after_partial_delete(e)),
+            }
         }
-        let new = create_segment(&self.disk, &self.dir, &self.config, base).await?;
+        let new = match create_segment(&self.disk, &self.dir, &self.config, base).await {
+            Ok(new) => new,
+            Err(e) => return Err(self.stop_after_partial_delete(e)),
+        };
         {
             let mut st = self.state.borrow_mut();
             st.segments = vec![Rc::new(new)];
