@@ -663,9 +663,10 @@ fn a_joining_node_becomes_a_voter_and_a_node_that_left_gets_no_new_records() {
     });
 
     // Node 4 restarts (without --join, so it stays out) and then node 1, which led when node 4
-    // left, dies. A client that knows only node 4 is sent to node 1, a stale leader it cannot
-    // reach: it learns the cluster's servers from node 4 and finds the new leader at the
-    // first call, instead of going back and forth between node 4 and node 1.
+    // left, dies. A client that knows only node 4 hears of no leader, or of node 1, which it
+    // cannot reach: either way it learns the cluster's servers from node 4 and finds the new
+    // leader within the first call, where it used to go back and forth between node 4 (and
+    // node 1) until its leader wait ran out.
     cluster.kill9(4);
     cluster.restart_without_join(4);
     cluster.kill9(1);

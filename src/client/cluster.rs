@@ -182,14 +182,31 @@ impl ClusterClient {
 
     /// Adds every server `node` lists (GetServers) to the seeds. Best effort: addresses that
     /// are not IP:PORT, and a node that does not answer, add nothing.
-    async fn discover(&self, node: &Client) {
-        if let Ok(servers) = node.get_servers().await {
-            self.add_seeds(
-                servers
-                    .servers
-                    .iter()
-                    .filter_map(|s| s.rpc_addr.parse::<SocketAddr>().ok()),
-            );
+    /// Whether `node` answered.
+    async fn discover(&self, node: &Client) -> bool {
+        match node.get_servers().await {
+            Ok(servers) => {
+                self.add_seeds(
+                    servers
+                        .servers
+                        .iter()
+                        .filter_map(|s| s.rpc_addr.parse::<SocketAddr>().ok()),
+                );
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// [`ClusterClient::discover`] from the first seed other than `except` that answers.
+    async fn discover_from_seeds(&self, except: SocketAddr) {
+        let seeds = self.seeds.borrow().clone();
+        for seed in seeds.into_iter().filter(|s| *s != except) {
+            if let Ok(node) = self.node(seed).await
+                && self.discover(&node).await
+            {
+                return;
+            }
         }
     }
 
@@ -227,8 +244,14 @@ impl ClusterClient {
                 Ok(node) => node,
                 Err(e) => {
                     // Nothing was sent (certainly not applied): forget that node as the leader
-                    // and try the next one.
+                    // and try the next one. It may be a leader that died, named by the only
+                    // other node this client knows: learn the servers from a node that answers
+                    // (once per request).
                     self.leaders.borrow_mut().remove(&partition);
+                    if !discovered {
+                        discovered = true;
+                        self.discover_from_seeds(addr).await;
+                    }
                     if Instant::now() + Duration::from_millis(NO_LEADER_BACKOFF_MS) >= deadline {
                         return Err(e);
                     }

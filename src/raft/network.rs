@@ -194,7 +194,7 @@ impl PeerPool {
             target,
             snapshot_refusals: 0,
             snapshot_retry_at: None,
-            snapshot_refused_on: 0,
+            snapshot_refused_on: None,
         };
         network
             .send_vote(probe, RPCOption::new(ttl), true)
@@ -221,7 +221,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             snapshot_refusals: 0,
             snapshot_retry_at: None,
-            snapshot_refused_on: 0,
+            snapshot_refused_on: None,
         }
     }
 }
@@ -232,11 +232,11 @@ pub struct PeerNetwork {
     peer: Rc<Peer>,
     partition: Partition,
     target: NodeId,
-    /// Snapshot transfers refused in a row, when the next may start, and on which connection
-    /// to the target the last was refused.
+    /// Snapshot transfers refused in a row, when the next may start, and, when the target
+    /// refused the last one, on which connection to it.
     snapshot_refusals: u32,
     snapshot_retry_at: Option<Instant>,
-    snapshot_refused_on: u64,
+    snapshot_refused_on: Option<u64>,
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
@@ -354,7 +354,11 @@ impl PeerNetwork {
         option: &RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         // A new connection may reach the target restarted with a higher limit: try at once.
-        if self.peer.connections.get() != self.snapshot_refused_on {
+        // (Not when this node refused: no connection changes its own limit.)
+        if self
+            .snapshot_refused_on
+            .is_some_and(|on| on != self.peer.connections.get())
+        {
             self.snapshot_retry_at = None;
         }
         if let Some(at) = self.snapshot_retry_at {
@@ -378,11 +382,11 @@ impl PeerNetwork {
                 self.snapshot_retry_at = None;
                 Ok(done)
             }
-            Err(SnapshotFailure::Refused(reason)) => {
+            Err(SnapshotFailure::Refused { reason, by_target }) => {
                 self.snapshot_refusals = self.snapshot_refusals.saturating_add(1);
                 let wait = snapshot_refused_backoff(self.snapshot_refusals);
                 self.snapshot_retry_at = Some(Instant::now() + wait);
-                self.snapshot_refused_on = self.peer.connections.get();
+                self.snapshot_refused_on = by_target.then(|| self.peer.connections.get());
                 log::warn!(
                     "partition {}: snapshot for node {} refused ({} in a row): {reason}; next \
                      attempt in {} ms",
@@ -426,7 +430,10 @@ impl PeerNetwork {
                     self.target, self.partition.0
                 );
                 if let SnapshotReadError::TooLarge { .. } = e {
-                    SnapshotFailure::Refused(reason)
+                    SnapshotFailure::Refused {
+                        reason,
+                        by_target: false,
+                    }
                 } else {
                     SnapshotFailure::Other(StreamingError::Unreachable(Unreachable::from_string(
                         reason,
@@ -450,31 +457,49 @@ impl PeerNetwork {
                 end_offset: first.then_some(end_offset),
                 snapshot_bytes: first.then_some(snapshot_bytes),
             };
-            let chunk_bytes = fill_chunk(&mut chunk, &mut batches, chunk_bytes_max);
+            // Chunk 0 carries no batch when there are any: a receiver refuses a snapshot over
+            // its limit by the declared size, before a batch travels.
+            let chunk_bytes = if first && batches.peek().is_some() {
+                frame::frame_bytes(&chunk)
+            } else {
+                fill_chunk(&mut chunk, &mut batches, chunk_bytes_max)
+            };
             if chunk_bytes > frame_bytes_max {
                 let batch = chunk.batches.first().map_or(0, |b| b.len());
-                return Err(SnapshotFailure::Refused(format!(
-                    "snapshot of partition {} for node {}: a batch of {batch} bytes needs a \
-                     frame of {chunk_bytes} bytes, over the frame limit of {frame_bytes_max} \
-                     bytes; raise --frame-bytes-max on every node",
-                    self.partition.0, self.target
-                )));
+                return Err(SnapshotFailure::Refused {
+                    reason: format!(
+                        "snapshot of partition {} for node {}: a batch of {batch} bytes needs a \
+                         frame of {chunk_bytes} bytes, over the frame limit of \
+                         {frame_bytes_max} bytes; raise --frame-bytes-max on every node",
+                        self.partition.0, self.target
+                    ),
+                    by_target: false,
+                });
             }
             let last = chunk.last;
-            let answer = self.call(Request::RaftSnapshot(chunk), ttl).await.map_err(
-                |e| match e {
-                    PeerError::Remote(err) => SnapshotFailure::Refused(format!(
-                        "node {} ({}), partition {}: answered snapshot chunk {chunk_index} with \
-                         {err}",
-                        self.target, self.peer.addr, self.partition.0
-                    )),
-                    e => SnapshotFailure::Other(StreamingError::from(self.rpc_error(
-                        e,
-                        RPCTypes::InstallSnapshot,
-                        ttl,
-                    ))),
-                },
-            )?;
+            let answer =
+                self.call(Request::RaftSnapshot(chunk), ttl)
+                    .await
+                    .map_err(|e| match e {
+                        // A refusal of the transfer itself (too large, a damaged batch): it would
+                        // be refused again. Other answers (UNAVAILABLE while the group starts, too
+                        // many transfers at once) clear up, and openraft retries them as usual.
+                        PeerError::Remote(err @ ServerError::BadRequest { .. }) => {
+                            SnapshotFailure::Refused {
+                                reason: format!(
+                                    "node {} ({}), partition {}: answered snapshot chunk \
+                                 {chunk_index} with {err}",
+                                    self.target, self.peer.addr, self.partition.0
+                                ),
+                                by_target: true,
+                            }
+                        }
+                        e => SnapshotFailure::Other(StreamingError::from(self.rpc_error(
+                            e,
+                            RPCTypes::InstallSnapshot,
+                            ttl,
+                        ))),
+                    })?;
             let Response::RaftSnapshot(answer) = answer else {
                 return Err(SnapshotFailure::Other(self.unexpected(&answer).into()));
             };
@@ -634,8 +659,8 @@ fn fill_chunk(
 /// Why a snapshot transfer failed.
 enum SnapshotFailure {
     /// It will fail again as it is: too large for the target or for this node, or refused by
-    /// the target. The next attempt waits ([`snapshot_refused_backoff`]).
-    Refused(String),
+    /// the target (`by_target`). The next attempt waits ([`snapshot_refused_backoff`]).
+    Refused { reason: String, by_target: bool },
     /// Anything else (a timeout, a broken connection, a snapshot that changed while it was
     /// read): openraft retries as for any RPC.
     Other(StreamingError<TypeConfig>),
