@@ -325,17 +325,18 @@ fn a_segment_still_held_by_a_reader_is_not_shrunk_under_it() {
 }
 
 /// Retention does not free a deleted segment on the caller's thread: the append whose roll
-/// removed a 64 MiB segment returns while the segment's store is still on disk under its
-/// `.deleted` name (the process's remover thread shrinks it 8 MiB every 20 ms before removing
-/// it), and soon it is gone. The log itself no longer holds the segment at once.
+/// removed a 128 MiB segment returns while the segment's store is still on disk under its
+/// `.deleted` name (the process's remover thread shrinks it 8 MiB every 20 ms, at least 0.3 s,
+/// before removing it), and soon it is gone. The log itself no longer holds the segment at
+/// once.
 #[test]
 fn retention_leaves_freeing_a_deleted_segment_to_the_remover_thread() {
     let dir = test_dir("retention-in-background");
     let check_dir = dir.clone();
     run(|| async move {
         let config = LogConfig {
-            segment_bytes_max: 64 << 20,
-            retention_bytes: Some(32 << 20),
+            segment_bytes_max: 128 << 20,
+            retention_bytes: Some(64 << 20),
             ..LogConfig::default()
         };
         let log = Log::open(&dir, config).await.unwrap();
@@ -345,7 +346,7 @@ fn retention_leaves_freeing_a_deleted_segment_to_the_remover_thread() {
         while log.lowest_offset() == Offset(0) {
             log.append(&value).await.unwrap();
             appended += 1;
-            assert!(appended < 100, "retention never removed the first segment");
+            assert!(appended < 200, "retention never removed the first segment");
         }
         let store = std::fs::read_dir(&check_dir)
             .unwrap()

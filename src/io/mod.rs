@@ -161,22 +161,22 @@ impl Disk {
         }
     }
 
-    /// Renames `from` to `to` through glommio's blocking-thread pool, off the core's thread.
-    /// `Ok(false)`: `from` does not exist.
-    pub async fn rename(&self, from: &Path, to: &Path) -> Result<bool> {
+    /// Renames `from` to a name `to` that must be new, on glommio's blocking-thread pool (off
+    /// the core's thread). `Ok(false)`: `from` does not exist. An existing `to` is not
+    /// replaced: the error is `AlreadyExists` (`renameat2` with `RENAME_NOREPLACE`; on a
+    /// filesystem without it, a plain rename).
+    pub async fn rename_to_new(&self, from: &Path, to: &Path) -> Result<bool> {
         if let Some(f) = &self.faults {
             f.before_rename(from)?;
         }
-        match glommio::io::rename(from, to).await {
+        let (src, dst) = (from.to_path_buf(), to.to_path_buf());
+        let renamed = glommio::executor()
+            .spawn_blocking(move || rename_noreplace(&src, &dst))
+            .await;
+        match renamed {
             Ok(()) => Ok(true),
-            Err(e) => {
-                let e: io::Error = e.into();
-                if e.kind() == io::ErrorKind::NotFound {
-                    Ok(false)
-                } else {
-                    Err(Error::from_io("renaming", from, e))
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::from_io("renaming", from, e)),
         }
     }
 
@@ -268,9 +268,11 @@ pub fn background_removal_stats() -> RemovalStats {
     match REMOVER.get() {
         None => RemovalStats::default(),
         Some(r) => {
-            let queued = r.queued.load(Ordering::Relaxed);
-            let removed = r.removed.load(Ordering::Relaxed);
-            let failed = r.failed.load(Ordering::Relaxed);
+            // Results first: a file counted as removed was queued before, so `pending` never
+            // reads low.
+            let removed = r.removed.load(Ordering::Acquire);
+            let failed = r.failed.load(Ordering::Acquire);
+            let queued = r.queued.load(Ordering::Acquire);
             RemovalStats {
                 pending: queued.saturating_sub(removed + failed),
                 removed,
@@ -301,10 +303,10 @@ fn remover() -> &'static Remover {
             .spawn(move || {
                 for (path, shrink) in rx {
                     match remove_gradually(&path, shrink) {
-                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Ok(()) => done.fetch_add(1, Ordering::Release),
                         Err(e) => {
                             log::warn!("removing {}: {e}", path.display());
-                            bad.fetch_add(1, Ordering::Relaxed)
+                            bad.fetch_add(1, Ordering::Release)
                         }
                     };
                 }
@@ -343,6 +345,35 @@ impl Remover {
             };
         }
     }
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let cstr = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+    };
+    let (src, dst) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        // The filesystem cannot refuse to replace: the names are unique by construction
+        // (`segment::deleted_path`), so a plain rename is what was meant anyway.
+        return std::fs::rename(from, to);
+    }
+    Err(e)
 }
 
 /// Removes `path` (already gone is fine), first shrinking it step by step when `shrink`.
@@ -858,6 +889,28 @@ mod write_file_atomic_tests {
 #[cfg(test)]
 mod remover_tests {
     use super::*;
+
+    /// A rename to a new name never replaces a file already there.
+    #[test]
+    fn rename_noreplace_refuses_an_existing_name() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("unit-tests")
+            .join("rename-noreplace");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        rename_noreplace(&a, &c).unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), b"a");
+        let e = rename_noreplace(&a, &dir.join("d")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The remover thread removes what it is given and counts what it could not remove. The
     /// counters are the process's, shared with other tests: only their growth is checked.

@@ -1356,19 +1356,34 @@ impl Shared {
     /// logged.
     async fn rename_out(&self, seg: &Segment) -> Result<Vec<PathBuf>> {
         let mut renamed = Vec::with_capacity(2);
-        let store = seg.store_path();
-        let to = segment::deleted_path(store);
-        if self.disk.rename(store, &to).await? {
+        if let Some(to) = self.rename_to_deleted(seg.store_path()).await? {
             renamed.push(to);
         }
-        let index = seg.index_path();
-        let to = segment::deleted_path(index);
-        match self.disk.rename(index, &to).await {
-            Ok(true) => renamed.push(to),
-            Ok(false) => {}
+        match self.rename_to_deleted(seg.index_path()).await {
+            Ok(Some(to)) => renamed.push(to),
+            Ok(None) => {}
             Err(e) => log::warn!("{e}; the next open removes the orphan index"),
         }
         Ok(renamed)
+    }
+
+    /// Renames `path` to a fresh [`segment::deleted_path`]: never over a file being deleted
+    /// already (the remover would then shrink the new one, perhaps under a reader), however
+    /// the names were chosen (they start from the clock). `None`: `path` does not exist.
+    async fn rename_to_deleted(&self, path: &Path) -> Result<Option<PathBuf>> {
+        let mut attempts = 0;
+        loop {
+            let to = segment::deleted_path(path);
+            match self.disk.rename_to_new(path, &to).await {
+                Ok(true) => return Ok(Some(to)),
+                Ok(false) => return Ok(None),
+                Err(Error::Io {
+                    errno: Some(libc::EEXIST),
+                    ..
+                }) if attempts < 16 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Deletes the files of segments the log no longer holds, already renamed out of the way
