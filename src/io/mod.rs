@@ -194,7 +194,9 @@ impl Disk {
     /// file marked `shrink` (nothing may have it open any more) first loses its blocks
     /// [`SHRINK_STEP_BYTES`] at a time, [`SHRINK_PAUSE`] apart: produce p99 then 25–63 ms.
     /// One thread serves every core and partition of the process, so the pacing holds for
-    /// the node's disk as a whole, however many partitions delete at once.
+    /// the node's disk as a whole, however many partitions delete at once. When more than
+    /// [`REMOVER_BACKLOG_FILES_MAX`] files wait, it stops pausing until it has caught up:
+    /// disk space within retention comes first.
     pub fn remove_files_in_background(&self, files: Vec<(PathBuf, bool)>) {
         for file in files {
             remover().queue(file);
@@ -301,8 +303,8 @@ fn remover() -> &'static Remover {
         let spawned = std::thread::Builder::new()
             .name("corelog-remove".into())
             .spawn(move || {
-                for (path, shrink) in rx {
-                    match remove_gradually(&path, shrink) {
+                for (path, shrink) in rx.iter() {
+                    match remove_gradually(&path, shrink, &|| rx.len()) {
                         Ok(()) => done.fetch_add(1, Ordering::Release),
                         Err(e) => {
                             log::warn!("removing {}: {e}", path.display());
@@ -336,7 +338,7 @@ impl Remover {
         };
         // No thread: remove at once, without shrinking (nothing to pace it with).
         if let Some((path, _)) = unsent {
-            match remove_gradually(&path, false) {
+            match remove_gradually(&path, false, &|| 0) {
                 Ok(()) => self.removed.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
                     log::warn!("removing {}: {e}", path.display());
@@ -376,8 +378,23 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     Err(e)
 }
 
-/// Removes `path` (already gone is fine), first shrinking it step by step when `shrink`.
-fn remove_gradually(path: &Path, shrink: bool) -> io::Result<()> {
+/// Files waiting for the remover beyond which it stops pausing between shrink steps: it is
+/// falling behind what retention deletes (a writer faster than about 400 MB/s), and keeping
+/// disk space within retention matters more than spreading out the disk's trimming.
+pub const REMOVER_BACKLOG_FILES_MAX: usize = 8;
+
+/// The pause after a shrink step while `backlog` more files wait.
+fn shrink_pause(backlog: usize) -> Duration {
+    if backlog > REMOVER_BACKLOG_FILES_MAX {
+        Duration::ZERO
+    } else {
+        SHRINK_PAUSE
+    }
+}
+
+/// Removes `path` (already gone is fine), first shrinking it step by step when `shrink`,
+/// pausing between steps as [`shrink_pause`] says for the files still waiting (`backlog`).
+fn remove_gradually(path: &Path, shrink: bool, backlog: &dyn Fn() -> usize) -> io::Result<()> {
     if shrink {
         match std::fs::OpenOptions::new().write(true).open(path) {
             Ok(file) => {
@@ -385,7 +402,10 @@ fn remove_gradually(path: &Path, shrink: bool) -> io::Result<()> {
                 while size > SHRINK_STEP_BYTES {
                     size -= SHRINK_STEP_BYTES;
                     file.set_len(size)?;
-                    std::thread::sleep(SHRINK_PAUSE);
+                    let pause = shrink_pause(backlog());
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -889,6 +909,14 @@ mod write_file_atomic_tests {
 #[cfg(test)]
 mod remover_tests {
     use super::*;
+
+    /// The remover paces its shrinking until too many files wait behind it.
+    #[test]
+    fn the_remover_stops_pausing_when_it_falls_behind() {
+        assert_eq!(shrink_pause(0), SHRINK_PAUSE);
+        assert_eq!(shrink_pause(REMOVER_BACKLOG_FILES_MAX), SHRINK_PAUSE);
+        assert_eq!(shrink_pause(REMOVER_BACKLOG_FILES_MAX + 1), Duration::ZERO);
+    }
 
     /// A rename to a new name never replaces a file already there.
     #[test]
