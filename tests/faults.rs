@@ -674,13 +674,7 @@ fn retention_that_cannot_rename_a_segment_keeps_it_and_a_reopen_agrees() {
             start,
             "the reopened log starts elsewhere"
         );
-        let got = read_all(&log).await.unwrap();
-        let kept = &values[start.get() as usize..];
-        assert_eq!(got.len(), kept.len());
-        for ((offset, value), (i, want)) in got.iter().zip(kept.iter().enumerate()) {
-            assert_eq!(offset.get(), start.get() + i as u64);
-            assert!(value[..] == want[..], "offset {offset:?} differs");
-        }
+        expect_suffix(&log, &values, start).await;
         log.close().await.unwrap();
     });
 }
@@ -695,9 +689,7 @@ fn a_reset_that_cannot_rename_a_segment_fails_and_leaves_the_log_whole() {
     let _cleanup = RemoveOnSuccess(dir.clone());
     run(|| async move {
         let faults = Rc::new(Faults::new());
-        let values = fill_segments(&dir, &faults).await;
-        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
-        faults.fail_renames(1);
+        let (log, values) = filled_log_failing_a_rename_after(&dir, &faults, 0).await;
         let failed = log.reset().await;
         expect_eio(&failed);
         expect_exactly(&log, &values, "after the failed reset").await;
@@ -729,10 +721,8 @@ fn a_reset_that_fails_half_way_stops_the_log_and_a_reopen_finds_a_whole_log() {
     let _cleanup = RemoveOnSuccess(dir.clone());
     run(|| async move {
         let faults = Rc::new(Faults::new());
-        let values = fill_segments(&dir, &faults).await;
-        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
         // The first segment's store and index, then the second's store fails.
-        faults.fail_renames_after(2, 1);
+        let (log, values) = filled_log_failing_a_rename_after(&dir, &faults, 2).await;
         let failed = log.reset().await;
         assert!(matches!(failed, Err(Error::Stopped { .. })), "{failed:?}");
         let refused = log.append(b"after").await;
@@ -742,13 +732,7 @@ fn a_reset_that_fails_half_way_stops_the_log_and_a_reopen_finds_a_whole_log() {
         let log = open_faulty(&dir, segments_of_64k(), &faults).await;
         let start = log.lowest_offset();
         assert!(start > Offset(0), "the first segment came back");
-        let got = read_all(&log).await.unwrap();
-        let kept = &values[start.get() as usize..];
-        assert_eq!(got.len(), kept.len());
-        for ((offset, value), (i, want)) in got.iter().zip(kept.iter().enumerate()) {
-            assert_eq!(offset.get(), start.get() + i as u64);
-            assert!(value[..] == want[..], "offset {offset:?} differs");
-        }
+        expect_suffix(&log, &values, start).await;
         log.reset().await.unwrap();
         assert_eq!(log.highest_offset(), None);
         log.close().await.unwrap();
@@ -764,9 +748,7 @@ fn a_cut_that_fails_half_way_stops_the_log_and_a_reopen_finishes_it() {
     let _cleanup = RemoveOnSuccess(dir.clone());
     run(|| async move {
         let faults = Rc::new(Faults::new());
-        let values = fill_segments(&dir, &faults).await;
-        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
-        faults.fail_renames_after(2, 1);
+        let (log, values) = filled_log_failing_a_rename_after(&dir, &faults, 2).await;
         let failed = log.truncate_after(Offset(10)).await;
         assert!(matches!(failed, Err(Error::Stopped { .. })), "{failed:?}");
         let _ = log.close().await;
@@ -776,6 +758,30 @@ fn a_cut_that_fails_half_way_stops_the_log_and_a_reopen_finishes_it() {
         assert_eq!(log.segment_count(), 1);
         log.close().await.unwrap();
     });
+}
+
+/// Fills five segments ([`fill_segments`]), opens the log again and arms one rename failure
+/// after `ok` renames succeed.
+async fn filled_log_failing_a_rename_after(
+    dir: &Path,
+    faults: &Rc<Faults>,
+    ok: u32,
+) -> (Log, Vec<Vec<u8>>) {
+    let values = fill_segments(dir, faults).await;
+    let log = open_faulty(dir, segments_of_64k(), faults).await;
+    faults.fail_renames_after(ok, 1);
+    (log, values)
+}
+
+/// The log holds exactly `values[start..]`, each at its offset.
+async fn expect_suffix(log: &Log, values: &[Vec<u8>], start: Offset) {
+    let got = read_all(log).await.unwrap();
+    let kept = &values[start.get() as usize..];
+    assert_eq!(got.len(), kept.len());
+    for ((offset, value), (i, want)) in got.iter().zip(kept.iter().enumerate()) {
+        assert_eq!(offset.get(), start.get() + i as u64);
+        assert!(value[..] == want[..], "offset {offset:?} differs");
+    }
 }
 
 /// `result` failed with EIO.
