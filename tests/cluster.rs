@@ -355,6 +355,30 @@ fn survivors_first(ids: &[u64], victim: u64) -> Vec<u64> {
     seeds
 }
 
+/// Whether partition 0's Raft counter `key`, summed over nodes `ids`, reaches 1 within 10 s.
+/// Raft figures reach /stats with openraft's next metrics report (at most every 100 ms after
+/// a change), so a test that has just seen the effect may read the count before it.
+fn counter_reaches_one(cluster: &Cluster, ids: &[u64], key: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sum: u64 = ids
+            .iter()
+            .map(|id| {
+                cluster.node(*id).stats_json()["raft"]["0"][key]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{key} on /stats"))
+            })
+            .sum();
+        if sum >= 1 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Three nodes: every partition elects a leader and all three become voters; 10,000
 /// acknowledged records read back from every node with the same offsets and bytes.
 #[test]
@@ -373,7 +397,17 @@ fn three_nodes_replicate_every_acknowledged_record() {
 /// different records. Produces that failed during the failover may or may not be in the log.
 #[test]
 fn killing_the_leader_under_load_loses_no_acknowledged_record() {
-    let mut cluster = start_cluster(new_cluster("cluster_kill_leader"), 3);
+    // Election timers well above the takeover's time (two heartbeats and a vote), so that a
+    // timer election on a loaded machine does not win the race and leave no takeover to count.
+    let mut cluster = start_cluster(
+        new_cluster("cluster_kill_leader").with_args(&[
+            "--raft-election-min-ms",
+            "1500",
+            "--raft-election-max-ms",
+            "2000",
+        ]),
+        3,
+    );
     let all = cluster.ids();
     let leader = cluster.wait_for_leader(0, &all, None);
     let client = Rc::new(cluster.client());
@@ -415,22 +449,12 @@ fn killing_the_leader_under_load_loses_no_acknowledged_record() {
     // (src/raft/liveness.rs); the other granted its vote despite the lease it held (without
     // that, the first candidate would be refused and a timer election would decide). Each
     // reports its side on /stats.
-    let counted = |key: &str| -> u64 {
-        survivors
-            .iter()
-            .map(|id| {
-                cluster.node(*id).stats_json()["raft"]["0"][key]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("{key} on /stats"))
-            })
-            .sum()
-    };
     assert!(
-        counted("takeover_elections") >= 1,
+        counter_reaches_one(&cluster, &survivors, "takeover_elections"),
         "no survivor started a takeover election after the leader's kill -9"
     );
     assert!(
-        counted("takeover_votes_granted") >= 1,
+        counter_reaches_one(&cluster, &survivors, "takeover_votes_granted"),
         "no survivor granted a takeover vote after the leader's kill -9"
     );
 
@@ -444,21 +468,21 @@ fn killing_the_leader_under_load_loses_no_acknowledged_record() {
 }
 
 /// The takeover after a leader's death does not wait for any election timer: with election
-/// timeouts of 4–5 s (the follower's leader lease is the maximum, 5 s), the survivors agree on
-/// a new leader well before the first timer could fire, and a write is acknowledged. Without
-/// the voter's side of the takeover (conn.rs `raft_vote`: a vote while the leader is gone
-/// counts as a leadership transfer) the surviving voter refuses the candidate for the rest of
-/// its lease and no leader appears before ~4 s; without the candidate's side, no election
-/// starts before the timers. The 2.5 s bound is for a loaded machine running debug builds;
-/// the takeover itself takes two heartbeats and a vote (README: failover p99 ~150 ms).
+/// timeouts of 10–12 s (the follower's leader lease is the maximum, 12 s), the survivors agree
+/// on a new leader well before the first timer could fire, and a write is acknowledged.
+/// Without the voter's side of the takeover (conn.rs `raft_vote`: a vote while the leader is
+/// gone counts as a leadership transfer) the surviving voter refuses the candidate for the
+/// rest of its lease and no leader appears before ~10 s; without the candidate's side, no
+/// election starts before the timers. The 8 s bound is for a loaded machine running debug
+/// builds; the takeover itself takes two heartbeats and a vote (README: failover p99 ~150 ms).
 #[test]
 fn a_killed_leader_is_replaced_before_any_election_timer_fires() {
     let mut cluster = start_cluster(
         new_cluster("cluster_takeover").with_args(&[
             "--raft-election-min-ms",
-            "4000",
+            "10000",
             "--raft-election-max-ms",
-            "5000",
+            "12000",
         ]),
         3,
     );
@@ -476,21 +500,15 @@ fn a_killed_leader_is_replaced_before_any_election_timer_fires() {
             .expect("produce before the kill");
         cluster.kill9(leader);
         let killed = Instant::now();
-        let new_leader = agreed_leader(
-            &client,
-            &addrs,
-            0,
-            Some(leader),
-            Duration::from_millis(2500),
-        )
-        .await
-        .unwrap_or_else(|views| {
-            panic!(
-                "no new leader of p0 {} ms after the kill of node {leader} (election \
-                     timers are 4-5 s): {views}",
-                killed.elapsed().as_millis()
-            )
-        });
+        let new_leader = agreed_leader(&client, &addrs, 0, Some(leader), Duration::from_secs(8))
+            .await
+            .unwrap_or_else(|views| {
+                panic!(
+                    "no new leader of p0 {} ms after the kill of node {leader} (election \
+                     timers are 10-12 s): {views}",
+                    killed.elapsed().as_millis()
+                )
+            });
         let took = killed.elapsed();
         client
             .produce(0, vec![Bytes::from_static(b"after")])
@@ -502,22 +520,17 @@ fn a_killed_leader_is_replaced_before_any_election_timer_fires() {
         "node {new_leader} leads p0 {} ms after the kill of node {leader}",
         took.as_millis()
     );
-    let stats = |id: u64, key: &str| -> u64 {
-        cluster.node(id).stats_json()["raft"]["0"][key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{key} on /stats"))
-    };
     let voter = survivors
         .iter()
         .copied()
         .find(|id| *id != new_leader)
         .unwrap();
     assert!(
-        stats(new_leader, "takeover_elections") >= 1,
+        counter_reaches_one(&cluster, &[new_leader], "takeover_elections"),
         "the new leader ran a takeover"
     );
     assert!(
-        stats(voter, "takeover_votes_granted") >= 1,
+        counter_reaches_one(&cluster, &[voter], "takeover_votes_granted"),
         "node {voter} granted its vote despite its lease"
     );
 }
@@ -564,8 +577,9 @@ fn a_produce_after_its_leader_died_is_not_failed_by_a_refused_reconnect() {
         }
         cluster.kill9(leader);
         // Let the client's read loops see the connections end (a produce written before that
-        // fails as outcome-unknown, rightly: the client cannot tell it never arrived).
-        corelog::io::sleep(Duration::from_millis(200)).await;
+        // fails as outcome-unknown, rightly: the client cannot tell it never arrived). They
+        // run on this executor as soon as it waits; 2 s leaves room for a starved machine.
+        corelog::io::sleep(Duration::from_secs(2)).await;
         for p in 0..PARTITIONS {
             let value = Bytes::from(format!("after-p{p}"));
             if let Err(e) = client.produce(p, vec![value]).await {
@@ -775,13 +789,22 @@ fn a_node_whose_disk_fills_up_loses_nothing_and_catches_up_after_a_restart() {
     cluster.start(2);
     cluster.start_with(3, &["--inject-disk-full-after-writes", "40"]);
     cluster.wait_for_voters(&[1, 2, 3]);
-    // Enough commits that node 3's partitions pass 40 writes each.
+    // Enough commits that node 3's partitions pass 40 writes each (a lagging node 3 is sent
+    // several entries per write, so keep going until it reports the full disk).
     let mut acked = produce(&cluster.client(), "filling", 60, 5);
-    let full = cluster.node(3).stderr();
-    assert!(
-        full.contains("disk full while writing"),
-        "node 3 never hit its full disk; its log:\n{full}"
-    );
+    let deadline = Instant::now() + CONVERGE;
+    for round in 0.. {
+        let full = cluster.node(3).stderr();
+        if full.contains("disk full while writing") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never hit its full disk; its log:\n{full}"
+        );
+        let tag = format!("filling-more-{round}");
+        merge(&mut acked, produce(&cluster.client(), &tag, 20, 5));
+    }
     // The others still take writes (whoever leads now), and the full node still answers.
     merge(
         &mut acked,

@@ -9,12 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{CONVERGE, Cluster};
 use common::node::{NodeProcess, run_cli};
 
 const PARTITIONS: u32 = 2;
-/// How long the cluster may take to form or to converge after a change.
-const CONVERGE: Duration = Duration::from_secs(30);
 
 /// `corelog servers --json` as node `id` sees the cluster.
 fn servers_seen_by(cluster: &Cluster, id: u64) -> Servers {
@@ -163,7 +161,10 @@ fn cluster_commands_list_route_to_the_leader_and_remove_a_node() {
         );
     }
 
-    // The table: a header, then `id address led voter learner` per node by id.
+    // The table: a header, then `id address led voter learner` per node by id, as node 2
+    // sees it once it too has every voter and a leader (the last membership entry commits
+    // with node 1 and node 3 alone).
+    wait_for_voters_seen_by(&cluster, 2, &[1, 2, 3]);
     let out = cluster.cli(&["servers"], 2, &[], "");
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);

@@ -221,7 +221,7 @@ fn a_follower_behind_the_retention_point_catches_up_from_the_retained_segments()
 /// connection ends the leader's wait) and catches up.
 #[test]
 fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_often() {
-    // 4 MiB segments and 8 s of age retention. While node 3 is down, ~6 MiB go in quickly,
+    // 4 MiB segments and 16 s of age retention. While node 3 is down, ~6 MiB go in quickly,
     // then nothing: the one retention pass that deletes the first segment comes after the
     // last write, so its snapshot covers the whole active segment, ~2 MiB (a snapshot holds
     // the retained batches up to the applied index when it is taken), over 1 MiB, the
@@ -232,7 +232,7 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
             "--segment-bytes",
             "4194304",
             "--retention-ms",
-            "8000",
+            "16000",
             "--retention-check-ms",
             "200",
         ],
@@ -251,7 +251,7 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
         }
         let took = started.elapsed();
         assert!(
-            took < Duration::from_secs(7),
+            took < Duration::from_secs(15),
             "producing took {took:?}: retention may have run before the last write"
         );
         wait_until_retention_passed_50(&client, &cluster).await;
@@ -281,24 +281,8 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
     };
     let watched = Duration::from_secs(12);
     std::thread::sleep(watched);
-    let (total_refused, doc) = refused(&cluster);
-    let again = total_refused - first;
-    // After the first refusal, attempts wait 1, 2, 4, 8 s: 3 in 12 s, two more for slack (a
-    // reconnect after timeouts on a busy machine ends a wait). Without the waits it was 9 in
-    // 8 s.
-    assert!(
-        again <= 5,
-        "node 3 refused {again} more snapshot chunks in the {watched:?} after the first: {}",
-        doc["errors"]
-    );
-    assert!(
-        doc["partitions"]["0"]["high_watermark"]
-            .as_u64()
-            .unwrap_or(0)
-            < total as u64,
-        "node 3 caught up without the snapshot it refuses: {}",
-        doc["partitions"]["0"]
-    );
+    // The leaders' log lines first: node 3 counts a refusal before the leader hears of it, so
+    // every line read here is in the count read after.
     let warned: usize = [1, 2]
         .iter()
         .map(|id| {
@@ -311,6 +295,24 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
                 .count()
         })
         .sum();
+    let (total_refused, doc) = refused(&cluster);
+    let again = total_refused - first;
+    // After the first refusal, attempts wait 1, 2, 4, 8 s: 3 in 12 s, four more for slack (a
+    // reconnect after timeouts on a busy machine ends a wait, a new leader starts over).
+    // Without the waits it was 9 in 8 s, 13 in 12 s.
+    assert!(
+        again <= 7,
+        "node 3 refused {again} more snapshot chunks in the {watched:?} after the first: {}",
+        doc["errors"]
+    );
+    assert!(
+        doc["partitions"]["0"]["high_watermark"]
+            .as_u64()
+            .unwrap_or(0)
+            < total as u64,
+        "node 3 caught up without the snapshot it refuses: {}",
+        doc["partitions"]["0"]
+    );
     assert!(
         (1..=total_refused as usize).contains(&warned),
         "the leader logs each refusal with the flag to raise ({warned} lines, {total_refused} \
@@ -323,7 +325,7 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
     cluster.start(3);
     let client = cluster.client();
     common::run(|| async {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + CONVERGE;
         loop {
             let (start3, held) = holdings(&client, cluster.addr(3)).await;
             let end3 = start3 + held.len() as u64;
@@ -339,7 +341,7 @@ fn a_snapshot_over_the_followers_limit_is_refused_at_once_and_retried_ever_less_
             }
             assert!(
                 Instant::now() < deadline,
-                "node 3 did not catch up within 20 s of its restart: holds {start3}..{end3}"
+                "node 3 did not catch up within {CONVERGE:?} of its restart: holds {start3}..{end3}"
             );
             corelog::io::sleep(Duration::from_millis(100)).await;
         }

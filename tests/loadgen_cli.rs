@@ -420,8 +420,10 @@ fn an_open_loop_run_keeps_its_rate() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let r = report.unwrap_or_else(|| panic!("no JSON report\n{}", describe(&out)));
     let rate = r["produce"]["records_per_s"].as_f64().unwrap_or(0.0);
+    // Acks count only inside the window: a stall near its end (a slow fsync on a shared disk)
+    // moves a few out. A closed loop here runs thousands per second.
     assert!(
-        (400.0..=600.0).contains(&rate),
+        (300.0..=700.0).contains(&rate),
         "500 records/s asked, got {rate}: {r}"
     );
     assert_eq!(r["produce_detail"]["unsent_scheduled_batches"], 0, "{r}");

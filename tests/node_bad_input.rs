@@ -596,7 +596,7 @@ fn flood(node: &TestNode, request: &Request, count: usize, rss_growth_bytes_max:
     /// How long the flooder may be blocked on a write before it counts as backpressure.
     const WRITE_BLOCKED: Duration = Duration::from_secs(2);
     /// How long the flood (writing, then the node working through what it read) may last.
-    const FLOOD_TIME_MAX: Duration = Duration::from_secs(40);
+    const FLOOD_TIME_MAX: Duration = Duration::from_secs(120);
     let baseline = node.rss_bytes();
     let writing = Arc::new(AtomicBool::new(true));
     let stop = Arc::new(AtomicBool::new(false));

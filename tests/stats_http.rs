@@ -347,7 +347,8 @@ fn an_idle_connection_is_closed_at_the_deadline() {
 fn connections_beyond_the_limit_are_closed_and_slots_free_up() {
     let config = StatsServerConfig {
         connections_max: 1,
-        connection_deadline_ms: 300,
+        // Long enough that the refused connection below surely comes while it is held.
+        connection_deadline_ms: 2_000,
         ..StatsServerConfig::default()
     };
     let server = Server::start(config, false);
@@ -362,8 +363,19 @@ fn connections_beyond_the_limit_are_closed_and_slots_free_up() {
         read.is_err() || bytes.is_empty(),
         "over the limit: closed without an answer, got {bytes:?}"
     );
-    // Once the holder's deadline passes, its slot is free again.
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(server.get("/health").status, 200);
+    // Once the holder's deadline passes, its slot is free again (until then each attempt is
+    // closed unanswered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = server.connect();
+        let _ = stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut bytes = Vec::new();
+        if stream.read_to_end(&mut bytes).is_ok() && !bytes.is_empty() {
+            assert_eq!(Reply::parse(&bytes).status, 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held slot never freed up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(holder);
 }

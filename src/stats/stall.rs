@@ -126,13 +126,14 @@ mod tests {
         run(async {
             let stats = Rc::new(CoreStats::new(0));
             let detector = spawn_stall_detector(stats.clone(), StallDetectorConfig::default());
-            crate::io::sleep(Duration::from_millis(100)).await;
+            crate::io::sleep(Duration::from_millis(500)).await;
             detector.cancel();
             let snap = stats.snapshot();
-            assert!(snap.reactor.lateness_us.len() >= 3);
-            // A loaded test machine can delay a timer; a full threshold of 10 ms on an idle
-            // executor would be a bug, but allow one for a noisy CI host.
-            assert!(snap.reactor.stalls <= 1, "{:?}", snap.reactor);
+            let ticks = snap.reactor.lateness_us.len();
+            assert!(ticks >= 3, "{:?}", snap.reactor);
+            // A loaded test machine preempts the thread now and then (10 ms or more is a
+            // stall); a detector that counted most ticks of an idle executor would be a bug.
+            assert!(snap.reactor.stalls * 4 <= ticks, "{:?}", snap.reactor);
         });
     }
 }

@@ -199,7 +199,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let _ = outbound.set_nodelay(true);
         let mut links = shared.links();
         links.retain(|l| l.pumps.load(Ordering::SeqCst) > 0);
-        if links.len() >= LINKS_MAX {
+        // Again under the lock `cut` and `refuse_from` drain under: a cut that came while
+        // this connection was being dialed either shows here or closes it after the push.
+        if links.len() >= LINKS_MAX || !shared.admits(peer_port) {
             let _ = inbound.shutdown(Shutdown::Both);
             let _ = outbound.shutdown(Shutdown::Both);
             continue;
