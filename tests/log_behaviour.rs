@@ -46,6 +46,57 @@ fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
     });
 }
 
+/// On a slow disk one `fdatasync` serves every write that completed before it started: with
+/// writes capped at one 3 KiB record each (`flush_bytes_max` 4 KiB) and every sync taking
+/// 20 ms, 60 queued appends are 60 writes, which the flusher issues while the first sync
+/// runs; the next sync covers the rest. Before, each write waited for a sync of its own
+/// (60 syncs, 1.2 s). Every append is acknowledged and survives a reopen.
+#[test]
+fn one_fdatasync_serves_every_write_completed_before_it_started() {
+    let dir = test_dir("sync-coalesce");
+    run(|| async move {
+        let faults = Rc::new(Faults::new());
+        faults.set_sync_delay(Duration::from_millis(20));
+        let cfg = LogConfig {
+            flush_bytes_max: 4 << 10,
+            ..LogConfig::default()
+        };
+        let log = Log::open_with_disk(&dir, cfg.clone(), faulty(&faults))
+            .await
+            .unwrap();
+        let syncs_before = faults.syncs();
+        let writes_before = faults.writes();
+        let tasks: Vec<_> = (0..60u32)
+            .map(|i| {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.append(&vec![i as u8; 3000]).await.unwrap() })
+            })
+            .collect();
+        let mut offsets = Vec::new();
+        for t in tasks {
+            offsets.push(t.await);
+        }
+        offsets.sort();
+        assert_eq!(offsets, (0..60).map(Offset).collect::<Vec<_>>());
+        let writes = faults.writes() - writes_before;
+        let syncs = faults.syncs() - syncs_before;
+        assert!(
+            writes >= 60,
+            "{writes} writes: one record per write expected"
+        );
+        assert!(
+            syncs <= 10,
+            "{writes} writes took {syncs} fdatasyncs: a sync does not cover earlier writes"
+        );
+        log.close().await.unwrap();
+        let log = Log::open(&dir, cfg).await.unwrap();
+        for i in 0..60u64 {
+            assert_eq!(log.read(Offset(i)).await.unwrap().value.len(), 3000);
+        }
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn appends_wait_for_queue_space_instead_of_growing_memory() {
     let dir = test_dir("backpressure");

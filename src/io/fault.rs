@@ -23,6 +23,8 @@ pub struct Faults {
     disk_full: Cell<bool>,
     /// The disk becomes full once this many writes reached it.
     full_after_writes: Cell<Option<u64>>,
+    /// Every `fdatasync` waits this long first, as on a slow disk.
+    sync_delay: Cell<Option<std::time::Duration>>,
     writes: Cell<u64>,
     syncs: Cell<u64>,
     reads: Cell<u64>,
@@ -69,6 +71,15 @@ impl Faults {
     /// The disk becomes full (as [`Faults::set_disk_full`]) once `n` writes reached it.
     pub fn set_disk_full_after_writes(&self, n: u64) {
         self.full_after_writes.set(Some(n));
+    }
+
+    /// Every later `fdatasync` takes `delay` longer, as on a slow or overloaded disk.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.sync_delay.set(Some(delay));
+    }
+
+    pub(super) fn sync_delay(&self) -> Option<std::time::Duration> {
+        self.sync_delay.get()
     }
 
     /// Writes that reached the disk (not failed by injection).

@@ -530,6 +530,9 @@ impl File {
     pub async fn fdatasync(&self) -> Result<()> {
         if let Some(f) = &self.faults {
             f.before_sync(&self.path)?;
+            if let Some(delay) = f.sync_delay() {
+                sleep(delay).await;
+            }
         }
         self.dma
             .fdatasync()

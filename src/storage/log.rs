@@ -132,6 +132,11 @@ struct Shared {
     /// The newest group commit whose `fdatasync` is pending or running; each waits for the
     /// one before it, so commits publish (and ack) in offset order.
     sync_tail: RefCell<Option<Rc<SyncLink>>>,
+    /// Group-commit writes completed so far; each [`Written`] carries its number.
+    writes_done: std::cell::Cell<u64>,
+    /// The newest successful `fdatasync` of a group commit: the writes numbered up to this had
+    /// completed when it started, so those to its store are durable.
+    synced_through: RefCell<Option<(u64, std::rc::Weak<File>)>>,
     /// A failed write stops the log instead of handing the failed offsets out again
     /// ([`Log::stop_on_write_error`]).
     stop_on_write_error: std::cell::Cell<bool>,
@@ -162,6 +167,8 @@ impl SyncLink {
 
 /// What a completed write leaves for its `fdatasync` and publication.
 struct Written {
+    /// Its number among completed writes ([`Shared::writes_done`]).
+    seq: u64,
     store: Rc<File>,
     start: u64,
     new_end: u64,
@@ -335,6 +342,8 @@ impl Log {
             io_lock: Semaphore::new(1),
             observer: RefCell::new(None),
             sync_tail: RefCell::new(None),
+            writes_done: std::cell::Cell::new(0),
+            synced_through: RefCell::new(None),
             stop_on_write_error: std::cell::Cell::new(false),
         });
         match recovered.truncate_marker {
@@ -1072,7 +1081,10 @@ impl Shared {
             st.dirty_until = 0;
         }
         st.unpublished_batches += chunk.len();
+        let seq = self.writes_done.get() + 1;
+        self.writes_done.set(seq);
         Ok(Written {
+            seq,
             store,
             start: start_pos,
             new_end,
@@ -1101,7 +1113,7 @@ impl Shared {
             };
             let synced = match synced {
                 Some(r) => r,
-                None => shared.sync_for_policy(&written.store).await,
+                None => shared.sync_for_policy(&written).await,
             };
             match synced {
                 Ok(()) => {
@@ -1136,9 +1148,37 @@ impl Shared {
 
     /// `fdatasync` as the policy says. A failed sync stops the partition for good: the kernel
     /// may have dropped the dirty data, and retrying could report success for lost bytes.
-    async fn sync_for_policy(&self, store: &File) -> Result<()> {
+    ///
+    /// With `fsync = always`, one `fdatasync` serves every group commit whose write had
+    /// completed when it started: a commit already covered by the previous commit's sync
+    /// (same store, started after this write completed) needs none of its own. While one
+    /// sync runs the flusher writes on, so on a slow disk the next sync covers all of those
+    /// writes instead of each waiting for a sync of its own.
+    async fn sync_for_policy(&self, written: &Written) -> Result<()> {
+        let store = &*written.store;
         match self.config.fsync {
-            FsyncPolicy::Always => self.sync_or_stop(store).await,
+            FsyncPolicy::Always => {
+                let covered = self
+                    .synced_through
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|(seq, synced)| {
+                        *seq >= written.seq
+                            && synced
+                                .upgrade()
+                                .is_some_and(|s| Rc::ptr_eq(&s, &written.store))
+                    });
+                if covered {
+                    return Ok(());
+                }
+                let covers = self.writes_done.get();
+                self.sync_or_stop(store).await?;
+                let mut synced = self.synced_through.borrow_mut();
+                if synced.as_ref().is_none_or(|(seq, _)| *seq < covers) {
+                    *synced = Some((covers, Rc::downgrade(&written.store)));
+                }
+                Ok(())
+            }
             FsyncPolicy::Interval(every) => {
                 let due = {
                     let mut st = self.state.borrow_mut();
