@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, FromArgMatches};
 
@@ -126,6 +127,10 @@ pub struct ServeArgs {
     /// production.
     #[arg(long, hide = true)]
     pub inject_disk_full_after_writes: Option<u64>,
+    /// TESTING ONLY: every `fdatasync` of a partition's log waits this many milliseconds
+    /// first, as on a slow disk. Never use in production.
+    #[arg(long, hide = true)]
+    pub inject_sync_delay_ms: Option<u64>,
     /// TOML file with any of these flags by long name (`data-dir = "/var/lib/corelog"`,
     /// `segment-bytes = 1073741824`); flags given on the command line override it.
     #[arg(long)]
@@ -212,6 +217,8 @@ pub struct NodeConfig {
     pub read_fault: Option<ReadFault>,
     /// Testing only: each partition's log sees a full disk after this many writes.
     pub disk_full_after_writes: Option<u64>,
+    /// Testing only: each partition's log syncs this much slower.
+    pub sync_delay: Option<Duration>,
     /// Writes in flight that `--io-properties` chose: a group commit is up to this many writes
     /// of `write_bytes` (`LogConfig::write_bytes_max`), issued together.
     pub writes_in_flight: Option<usize>,
@@ -358,6 +365,7 @@ impl NodeConfig {
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             read_fault: args.inject_fault,
             disk_full_after_writes: args.inject_disk_full_after_writes,
+            sync_delay: args.inject_sync_delay_ms.map(Duration::from_millis),
             writes_in_flight,
         })
     }

@@ -556,14 +556,23 @@ async fn open_partitions(
             config.retention_bytes = None;
             config.retention_ms = None;
         }
-        let disk = match shared.config.disk_full_after_writes {
-            Some(n) => {
+        let (full_after, sync_delay) = (
+            shared.config.disk_full_after_writes,
+            shared.config.sync_delay,
+        );
+        let disk = if full_after.is_some() || sync_delay.is_some() {
+            let faults = Rc::new(crate::io::Faults::new());
+            if let Some(n) = full_after {
                 log::warn!("partition {p}: TESTING fault: the disk fills after {n} writes");
-                let faults = Rc::new(crate::io::Faults::new());
                 faults.set_disk_full_after_writes(n);
-                crate::io::Disk::with_faults(faults)
             }
-            None => crate::io::Disk::new(),
+            if let Some(delay) = sync_delay {
+                log::warn!("partition {p}: TESTING fault: every fdatasync waits {delay:?} first");
+                faults.set_sync_delay(delay);
+            }
+            crate::io::Disk::with_faults(faults)
+        } else {
+            crate::io::Disk::new()
         };
         let log = Log::open_with_disk(&dir, config, disk)
             .await

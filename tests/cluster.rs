@@ -776,6 +776,38 @@ fn a_node_joining_beyond_the_replication_factor_is_a_learner_that_gets_every_rec
     );
 }
 
+/// A follower whose disk is slow (every `fdatasync` 150 ms, three heartbeat intervals) is a
+/// slow follower, not a dead one: the leader waits for its AppendEntries (openraft gives
+/// every replication RPC the 50 ms heartbeat interval, after which the same entries were
+/// sent again while the follower was still writing them), and its connection is not
+/// re-dialed because heartbeats, answered only once earlier entries are durable, time out
+/// in a row. It ends up holding every acknowledged record.
+#[test]
+fn a_follower_with_a_slow_disk_is_waited_for_not_timed_out_or_re_dialed() {
+    let mut cluster = new_cluster("cluster_slow_follower");
+    cluster.start(1);
+    cluster.start(2);
+    cluster.start_with(3, &["--inject-sync-delay-ms", "150"]);
+    cluster.wait_for_voters(&[1, 2, 3]);
+    let acked = produce(&cluster.client_of(&[1, 2]), "slow", 30, 20);
+    assert_replicas_agree(&cluster, &[1, 2, 3], &acked);
+    for id in [1, 2, 3] {
+        let stderr = cluster.node(id).stderr();
+        let timeouts: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("timeout after") && l.contains("AppendEntries"))
+            .collect();
+        assert!(
+            timeouts.is_empty(),
+            "node {id} timed out AppendEntries to a slow follower: {timeouts:#?}"
+        );
+        assert!(
+            !stderr.contains("re-dialing"),
+            "node {id} re-dialed a slow follower:\n{stderr}"
+        );
+    }
+}
+
 /// Fault model: one node's disk fills up under load (the testing-only
 /// `--inject-disk-full-after-writes`: after that many writes every write and allocation of
 /// each of its partition logs fails with ENOSPC). The cluster keeps acknowledging writes

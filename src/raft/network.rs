@@ -14,7 +14,8 @@
 //! | what happened                                      | what the RPC returns | next RPC      |
 //! |----------------------------------------------------|----------------------|---------------|
 //! | no answer within the RPC's `hard_ttl`              | `Timeout`            | same conn     |
-//! | [`PEER_TIMEOUTS_IN_A_ROW_MAX`] timeouts, no answer | `Timeout`            | re-dial (*)   |
+//! | [`PEER_TIMEOUTS_IN_A_ROW_MAX`] timeouts in a row   | `Timeout`            | re-dial (*)   |
+//! | and no answer for [`PEER_SILENCE_MS_MIN`]          |                      |               |
 //! | a working connection broke                         | `Network`            | re-dial now   |
 //! | dialing (TCP, preamble, TLS) failed                | `Unreachable`        | backoff (*)   |
 //! | inside a backoff window                            | `Unreachable` at once| after window  |
@@ -72,8 +73,14 @@ pub const PEER_BACKOFF_MS_MIN: u64 = 50;
 /// hears from its leader.
 pub const PEER_BACKOFF_MS_MAX: u64 = 2_000;
 /// RPC timeouts in a row, with no answer in between, after which the connection is presumed
-/// dead (a silent network partition) and re-dialed.
+/// dead (a silent network partition) and re-dialed, once it has also been silent for
+/// [`PEER_SILENCE_MS_MIN`].
 pub const PEER_TIMEOUTS_IN_A_ROW_MAX: u32 = 3;
+/// How long a connection must have answered nothing before timeouts re-dial it. A follower
+/// answers a heartbeat only once its earlier entries are durable, so on a slow disk (a 150 ms
+/// `fdatasync`) three 50 ms heartbeats time out in a row on a healthy connection; re-dialing
+/// it failed the entries in flight on it, and such a follower never caught up.
+pub const PEER_SILENCE_MS_MIN: u64 = 2_000;
 /// Snapshot chunk size when openraft gives none (its own default `snapshot_max_chunk_size`).
 pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 3 << 20;
 /// The wait before the second snapshot transfer to a target after one was refused (it was
@@ -82,6 +89,15 @@ pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 3 << 20;
 pub const SNAPSHOT_REFUSED_BACKOFF_MS_MIN: u64 = 1_000;
 /// The longest wait between snapshot transfers a target keeps refusing.
 pub const SNAPSHOT_REFUSED_BACKOFF_MS_MAX: u64 = 60_000;
+/// The shortest time an AppendEntries that carries entries may take. openraft gives every
+/// replication RPC the heartbeat interval (50 ms by default), but the follower answers only
+/// once the entries are durable: a transfer, a write and an `fdatasync`, which a busy disk
+/// stretches past 50 ms. Timed out, the same entries were read, encrypted and sent again
+/// while the follower was still writing them, and three in a row re-dialed the connection
+/// (failing every RPC on it). A follower that is gone is noticed by its connection closing;
+/// this bounds only one that is alive but stuck. Heartbeats (no entries) keep openraft's
+/// timeout: the heartbeat worker sends the next one only after the last is answered.
+pub const APPEND_ENTRIES_TTL_MS_MIN: u64 = 2_000;
 /// The connection's own per-request timeout: only a backstop, every RPC has a shorter one.
 const PEER_REQUEST_TIMEOUT_MS_BACKSTOP: u64 = 600_000;
 
@@ -247,7 +263,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
+        let ttl = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            option
+                .hard_ttl()
+                .max(Duration::from_millis(APPEND_ENTRIES_TTL_MS_MIN))
+        };
         let mut request = wire::encode_append_request(self.partition.0, self.pool.node_id, &rpc);
         let truncated = fit_entries(&mut request, self.pool.frame_bytes_max)
             .map_err(|message| self.unreachable(&message))?;
@@ -693,6 +715,8 @@ struct Peer {
     failures: Cell<u32>,
     /// RPC timeouts since the last answer on the current connection.
     timeouts_in_a_row: Cell<u32>,
+    /// When the current connection last answered (or was made).
+    last_answer: Cell<Instant>,
     /// Connections made so far: a new one may reach a restarted node.
     connections: Cell<u64>,
 }
@@ -717,6 +741,7 @@ impl Peer {
             dialed: Event::new(),
             failures: Cell::new(0),
             timeouts_in_a_row: Cell::new(0),
+            last_answer: Cell::new(Instant::now()),
             connections: Cell::new(0),
         }
     }
@@ -769,6 +794,7 @@ impl Peer {
             match result {
                 Ok(conn) => {
                     peer.timeouts_in_a_row.set(0);
+                    peer.last_answer.set(Instant::now());
                     peer.connections.set(peer.connections.get() + 1);
                     *peer.state.borrow_mut() = PeerState::Connected(Rc::new(conn));
                 }
@@ -805,8 +831,17 @@ impl Peer {
     fn timed_out(&self, conn: &Rc<Connection>) {
         let timeouts = self.timeouts_in_a_row.get().saturating_add(1);
         self.timeouts_in_a_row.set(timeouts);
-        if timeouts >= PEER_TIMEOUTS_IN_A_ROW_MAX {
+        let silent = self.last_answer.get().elapsed();
+        if timeouts >= PEER_TIMEOUTS_IN_A_ROW_MAX
+            && silent >= Duration::from_millis(PEER_SILENCE_MS_MIN)
+        {
             self.timeouts_in_a_row.set(0);
+            log::warn!(
+                "peer {}: {timeouts} RPCs in a row got no answer in time, none for {} ms; \
+                 re-dialing",
+                self.addr,
+                silent.as_millis()
+            );
             self.broken(
                 conn,
                 format!("{timeouts} RPCs in a row got no answer in time"),
@@ -817,6 +852,7 @@ impl Peer {
     fn answered(&self) {
         self.failures.set(0);
         self.timeouts_in_a_row.set(0);
+        self.last_answer.set(Instant::now());
     }
 
     fn close(&self) {
