@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{RemoveOnSuccess, run, test_dir};
 use corelog::io::{Disk, Faults};
-use corelog::storage::{Log, LogConfig};
+use corelog::storage::{Log, LogConfig, segment};
 use corelog::{Error, Offset};
 use futures_lite::future::zip;
 use rand::rngs::StdRng;
@@ -756,6 +756,65 @@ fn a_cut_that_fails_half_way_stops_the_log_and_a_reopen_finishes_it() {
         let log = open_faulty(&dir, segments_of_64k(), &faults).await;
         expect_exactly(&log, &values[..=10], "reopened after the failed cut").await;
         assert_eq!(log.segment_count(), 1);
+        log.close().await.unwrap();
+    });
+}
+
+/// A segment's files are renamed to `<name>.N.deleted` before they are removed, N from a
+/// per-thread counter started from the clock. A name that is taken (a clock step back, a
+/// leftover the remover has not reached) is never replaced: the rename takes the next N. Here
+/// the next three names of the first segment's files are taken by decoys; truncating past it
+/// renames around them, leaves them untouched, and the log keeps exactly its suffix.
+#[test]
+fn a_deleted_segment_name_already_taken_is_skipped_not_replaced() {
+    let dir = test_dir("faults-rename-taken");
+    let _cleanup = RemoveOnSuccess(dir.clone());
+    run(|| async move {
+        let faults = Rc::new(Faults::new());
+        let values = fill_segments(&dir, &faults).await;
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        let store = segment::store_path(&dir, Offset(0));
+        let index = segment::index_path(&dir, Offset(0));
+        // The counter is this thread's: the log, on this thread too, takes the next numbers.
+        let probe = segment::deleted_path(&store);
+        let probe = probe.file_name().unwrap().to_string_lossy().into_owned();
+        let n: u64 = probe.rsplit('.').nth(1).unwrap().parse().unwrap();
+        let mut decoys = Vec::new();
+        for file in [&store, &index] {
+            for m in n + 1..=n + 3 {
+                let mut name = file.file_name().unwrap().to_os_string();
+                name.push(format!(".{m}.deleted"));
+                let decoy = dir.join(name);
+                std::fs::write(&decoy, b"decoy").unwrap();
+                decoys.push(decoy);
+            }
+        }
+        let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".store").and_then(|b| b.parse().ok())
+            })
+            .collect();
+        bases.sort_unstable();
+        let second = Offset(bases[1]);
+        log.truncate(second).await.unwrap();
+        assert_eq!(log.lowest_offset(), second);
+        assert!(
+            !store.exists() && !index.exists(),
+            "segment 0 kept its names"
+        );
+        for decoy in &decoys {
+            assert_eq!(
+                std::fs::read(decoy).unwrap(),
+                b"decoy",
+                "{decoy:?} replaced"
+            );
+        }
+        expect_suffix(&log, &values, second).await;
+        log.close().await.unwrap();
+        let log = open_faulty(&dir, segments_of_64k(), &faults).await;
+        expect_suffix(&log, &values, second).await;
         log.close().await.unwrap();
     });
 }
