@@ -14,7 +14,10 @@
 //! already writes the next group commit: a sync covers every write that completed before it was
 //! issued, so it never waits for a later one, and the disk works on one commit's data while it
 //! flushes the previous one's. Syncs are chained: each group commit publishes (becomes
-//! readable) and acknowledges its appends only after its own sync *and* every earlier one.
+//! readable) and acknowledges its appends only after its own sync *and* every earlier one. A
+//! commit whose write had completed before the previous commit's sync started (same store) is
+//! covered by that sync and issues none of its own, so on a slow disk the writes made while
+//! one sync runs share the next.
 //! The tail block (the last, partially filled 4 KiB block) is kept in memory and rewritten by
 //! the next write; a rewrite carries identical bytes for everything already acknowledged, so a
 //! torn rewrite — or one racing the previous commit's sync — can only damage new, unacked
