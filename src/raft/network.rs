@@ -13,7 +13,8 @@
 //!
 //! | what happened                                      | what the RPC returns | next RPC      |
 //! |----------------------------------------------------|----------------------|---------------|
-//! | no answer within the RPC's `hard_ttl`              | `Timeout`            | same conn     |
+//! | no answer within the RPC's `hard_ttl` (at least    | `Timeout`            | same conn     |
+//! | [`APPEND_ENTRIES_TTL_MS_MIN`] for entries)          |                      |               |
 //! | [`PEER_TIMEOUTS_IN_A_ROW_MAX`] timeouts in a row   | `Timeout`            | re-dial (*)   |
 //! | and no answer for [`PEER_SILENCE_MS_MIN`]          |                      |               |
 //! | a working connection broke                         | `Network`            | re-dial now   |
@@ -829,6 +830,12 @@ impl Peer {
     }
 
     fn timed_out(&self, conn: &Rc<Connection>) {
+        // A timeout on a connection already replaced says nothing about the current one.
+        let current =
+            matches!(&*self.state.borrow(), PeerState::Connected(c) if Rc::ptr_eq(c, conn));
+        if !current {
+            return;
+        }
         let timeouts = self.timeouts_in_a_row.get().saturating_add(1);
         self.timeouts_in_a_row.set(timeouts);
         let silent = self.last_answer.get().elapsed();

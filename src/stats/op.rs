@@ -61,7 +61,8 @@ define_ops! {
     Join => ("join", Node),
     /// An admin Leave request.
     Leave => ("leave", Node),
-    /// One group-commit flush of a partition: the writes plus the `fdatasync` that covers them.
+    /// One group-commit flush of a partition: the writes plus the `fdatasync` that covers them
+    /// (the commit's own, or one it waited for that started after its write completed).
     Fsync => ("fsync", Partition),
     /// One batch of Raft entries, from being handed to the partition's local log (proposed on
     /// the leader, received in an AppendEntries on a follower) to durable: the disk's part of

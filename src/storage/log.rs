@@ -80,8 +80,9 @@ const READER_CHUNK_BYTES: usize = 1 << 20;
 
 /// Told about every group commit (stats: the node records flush latency per partition).
 pub trait LogObserver {
-    /// One write (and, with `fsync = always`, its `fdatasync`) of `batches` batches and
-    /// `bytes` bytes took `duration`.
+    /// One write (and, with `fsync = always`, the `fdatasync` that covers it: its own, or an
+    /// earlier commit's that started after this write completed) of `batches` batches and
+    /// `bytes` bytes took `duration`, from the write's start to the data being durable.
     fn flushed(&self, bytes: u64, batches: usize, duration: Duration);
 }
 
