@@ -46,6 +46,28 @@ fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
     });
 }
 
+/// A disk whose every `fdatasync` takes 50 ms longer, and a log that writes one 3 KiB record
+/// per group commit (`flush_bytes_max` 4 KiB).
+fn slow_syncs_one_record_per_write() -> (Rc<Faults>, LogConfig) {
+    let faults = Rc::new(Faults::new());
+    faults.set_sync_delay(Duration::from_millis(50));
+    let cfg = LogConfig {
+        flush_bytes_max: 4 << 10,
+        ..LogConfig::default()
+    };
+    (faults, cfg)
+}
+
+/// Appends of 60 records of 3000 bytes (record `i` filled with byte `i`), all queued at once.
+fn append_60_records_at_once(log: &Log) -> Vec<glommio::Task<corelog::Result<Offset>>> {
+    (0..60u32)
+        .map(|i| {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.append(&vec![i as u8; 3000]).await })
+        })
+        .collect()
+}
+
 /// On a slow disk one `fdatasync` serves every write that completed before it started: with
 /// writes capped at one 3 KiB record each (`flush_bytes_max` 4 KiB) and every sync taking
 /// 50 ms, 60 queued appends are 60 writes, which the flusher issues while the first sync
@@ -55,26 +77,16 @@ fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
 fn one_fdatasync_serves_every_write_completed_before_it_started() {
     let dir = test_dir("sync-coalesce");
     run(|| async move {
-        let faults = Rc::new(Faults::new());
-        faults.set_sync_delay(Duration::from_millis(50));
-        let cfg = LogConfig {
-            flush_bytes_max: 4 << 10,
-            ..LogConfig::default()
-        };
+        let (faults, cfg) = slow_syncs_one_record_per_write();
         let log = Log::open_with_disk(&dir, cfg.clone(), faulty(&faults))
             .await
             .unwrap();
         let syncs_before = faults.syncs();
         let writes_before = faults.writes();
-        let tasks: Vec<_> = (0..60u32)
-            .map(|i| {
-                let log = log.clone();
-                glommio::spawn_local(async move { log.append(&vec![i as u8; 3000]).await.unwrap() })
-            })
-            .collect();
+        let tasks = append_60_records_at_once(&log);
         let mut offsets = Vec::new();
         for t in tasks {
-            offsets.push(t.await);
+            offsets.push(t.await.unwrap());
         }
         offsets.sort();
         assert_eq!(offsets, (0..60).map(Offset).collect::<Vec<_>>());
@@ -105,22 +117,12 @@ fn one_fdatasync_serves_every_write_completed_before_it_started() {
 fn a_failed_sync_fails_every_commit_it_would_have_covered() {
     let dir = test_dir("sync-coalesce-fail");
     run(|| async move {
-        let faults = Rc::new(Faults::new());
-        faults.set_sync_delay(Duration::from_millis(50));
-        let cfg = LogConfig {
-            flush_bytes_max: 4 << 10,
-            ..LogConfig::default()
-        };
+        let (faults, cfg) = slow_syncs_one_record_per_write();
         let log = Log::open_with_disk(&dir, cfg.clone(), faulty(&faults))
             .await
             .unwrap();
         let syncs_before = faults.syncs();
-        let tasks: Vec<_> = (0..60u32)
-            .map(|i| {
-                let log = log.clone();
-                glommio::spawn_local(async move { log.append(&vec![i as u8; 3000]).await })
-            })
-            .collect();
+        let tasks = append_60_records_at_once(&log);
         // The first sync is under way (in its delay) while the flusher writes the rest: the
         // next one, which would cover them, fails.
         while faults.syncs() == syncs_before {
