@@ -46,16 +46,19 @@ fn group_commit_coalesces_concurrent_appends_into_few_fdatasyncs() {
     });
 }
 
-/// A disk whose every `fdatasync` takes 50 ms longer, and a log that writes one 3 KiB record
-/// per group commit (`flush_bytes_max` 4 KiB).
-fn slow_syncs_one_record_per_write() -> (Rc<Faults>, LogConfig) {
+/// A log in `dir` on a disk whose every `fdatasync` takes 50 ms longer, writing one 3 KiB
+/// record per group commit (`flush_bytes_max` 4 KiB); with its faults and config.
+async fn open_with_slow_syncs(dir: &std::path::Path) -> (Log, Rc<Faults>, LogConfig) {
     let faults = Rc::new(Faults::new());
     faults.set_sync_delay(Duration::from_millis(50));
     let cfg = LogConfig {
         flush_bytes_max: 4 << 10,
         ..LogConfig::default()
     };
-    (faults, cfg)
+    let log = Log::open_with_disk(dir, cfg.clone(), faulty(&faults))
+        .await
+        .unwrap();
+    (log, faults, cfg)
 }
 
 /// Appends of 60 records of 3000 bytes (record `i` filled with byte `i`), all queued at once.
@@ -77,10 +80,7 @@ fn append_60_records_at_once(log: &Log) -> Vec<glommio::Task<corelog::Result<Off
 fn one_fdatasync_serves_every_write_completed_before_it_started() {
     let dir = test_dir("sync-coalesce");
     run(|| async move {
-        let (faults, cfg) = slow_syncs_one_record_per_write();
-        let log = Log::open_with_disk(&dir, cfg.clone(), faulty(&faults))
-            .await
-            .unwrap();
+        let (log, faults, cfg) = open_with_slow_syncs(&dir).await;
         let syncs_before = faults.syncs();
         let writes_before = faults.writes();
         let tasks = append_60_records_at_once(&log);
@@ -117,10 +117,7 @@ fn one_fdatasync_serves_every_write_completed_before_it_started() {
 fn a_failed_sync_fails_every_commit_it_would_have_covered() {
     let dir = test_dir("sync-coalesce-fail");
     run(|| async move {
-        let (faults, cfg) = slow_syncs_one_record_per_write();
-        let log = Log::open_with_disk(&dir, cfg.clone(), faulty(&faults))
-            .await
-            .unwrap();
+        let (log, faults, cfg) = open_with_slow_syncs(&dir).await;
         let syncs_before = faults.syncs();
         let tasks = append_60_records_at_once(&log);
         // The first sync is under way (in its delay) while the flusher writes the rest: the
