@@ -78,9 +78,10 @@ pub const PEER_BACKOFF_MS_MAX: u64 = 2_000;
 /// [`PEER_SILENCE_MS_MIN`].
 pub const PEER_TIMEOUTS_IN_A_ROW_MAX: u32 = 3;
 /// How long a connection must have answered nothing before timeouts re-dial it. A follower
-/// answers a heartbeat only once its earlier entries are durable, so on a slow disk (a 150 ms
-/// `fdatasync`) three 50 ms heartbeats time out in a row on a healthy connection; re-dialing
-/// it failed the entries in flight on it, and such a follower never caught up.
+/// answers an AppendEntries without entries (a heartbeat, a probe of the replication stream)
+/// only once its earlier entries are durable, so on a slow disk (a 150 ms `fdatasync`) three
+/// of them time out at 50 ms in a row on a healthy connection; re-dialing it failed the
+/// entries in flight on it, and such a follower never caught up.
 pub const PEER_SILENCE_MS_MIN: u64 = 2_000;
 /// Snapshot chunk size when openraft gives none (its own default `snapshot_max_chunk_size`).
 pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 3 << 20;
