@@ -13,8 +13,7 @@
 //!
 //! | what happened                                      | what the RPC returns | next RPC      |
 //! |----------------------------------------------------|----------------------|---------------|
-//! | no answer within the RPC's `hard_ttl` (at least    | `Timeout`            | same conn     |
-//! | [`APPEND_ENTRIES_TTL_MS_MIN`] for entries)          |                      |               |
+//! | no answer within the RPC's timeout (below)         | `Timeout`            | same conn     |
 //! | [`PEER_TIMEOUTS_IN_A_ROW_MAX`] timeouts in a row   | `Timeout`            | re-dial (*)   |
 //! | and no answer for [`PEER_SILENCE_MS_MIN`]          |                      |               |
 //! | a working connection broke                         | `Network`            | re-dial now   |
@@ -30,11 +29,34 @@
 //! because the network's error type leaves no room for a remote error (`RPCError<C,
 //! Infallible>`): an unknown partition, a group that is not replicated there or stopped.
 //!
+//! Timeouts, per RPC. Only a timeout that fires here counts toward a re-dial: openraft wraps
+//! some RPCs in a timer of its own at `option.hard_ttl()` and drops the call when it fires,
+//! and a dropped call counts nothing. Those RPCs therefore time out here at
+//! `option.soft_ttl()` (3/4 of `hard_ttl`, as openraft asks of a network), a quarter before
+//! openraft's. At `hard_ttl` as well, ours was armed microseconds after openraft's and was
+//! counted only because both usually expire in the same pass of the reactor, where the
+//! runtime's timeout (src/raft/rt.rs) polls the wrapped call first: a race won in practice,
+//! not a guarantee. Heartbeats are what carries a silent connection's timeouts while the
+//! cluster is idle (tests/cluster.rs, `a_silent_connection_to_an_idle_follower_is_re_dialed`).
+//!
+//! | RPC                              | our timeout                 | openraft's own timer     |
+//! |----------------------------------|-----------------------------|--------------------------|
+//! | AppendEntries without entries    | `soft_ttl`                  | `hard_ttl` for heartbeats|
+//! | (heartbeats, stream probes)      |                             | (heartbeat worker)       |
+//! | vote, pre_vote, transfer_leader  | `soft_ttl`                  | `hard_ttl` (RaftCore)    |
+//! | AppendEntries with entries       | `hard_ttl`, at least        | none (replication stream)|
+//! |                                  | [`APPEND_ENTRIES_TTL_MS_MIN`] |                        |
+//! | each snapshot chunk              | `hard_ttl`                  | none (`full_snapshot`)   |
+//!
+//! A probe of the replication stream is not wrapped, but it cannot be told from a heartbeat
+//! here (both carry no entries), and `soft_ttl` is what openraft asks for anyway.
+//!
 //! Sizes: a request must fit the frame limit (`frame_bytes_max`, the same on every node of a
 //! cluster). AppendEntries sends the longest prefix of its entries that fits and reports
 //! `PartialSuccess` (openraft then sends the rest). A full snapshot is sent as chunks of whole
 //! batches (docs/PROTOCOL.md, "Peer API"), each at most openraft's `snapshot_max_chunk_size`
-//! and the frame limit, one chunk in flight at a time, each with the RPC's `hard_ttl`; a single
+//! and the frame limit, one chunk in flight at a time, each with the RPC's `hard_ttl` (openraft
+//! sets no timer around `full_snapshot`, so nothing drops a chunk before ours fires); a single
 //! batch too large for one frame fails the transfer with a message naming the limit.
 
 use std::cell::{Cell, RefCell};
@@ -75,13 +97,15 @@ pub const PEER_BACKOFF_MS_MIN: u64 = 50;
 pub const PEER_BACKOFF_MS_MAX: u64 = 2_000;
 /// RPC timeouts in a row, with no answer in between, after which the connection is presumed
 /// dead (a silent network partition) and re-dialed, once it has also been silent for
-/// [`PEER_SILENCE_MS_MIN`].
+/// [`PEER_SILENCE_MS_MIN`]. Only timeouts that fire here count: an RPC openraft drops at its
+/// own `hard_ttl` counts nothing, which is why those time out here at `soft_ttl` (module doc).
 pub const PEER_TIMEOUTS_IN_A_ROW_MAX: u32 = 3;
 /// How long a connection must have answered nothing before timeouts re-dial it. A follower
 /// answers an AppendEntries without entries (a heartbeat, a probe of the replication stream)
 /// only once its earlier entries are durable, so on a slow disk (a 150 ms `fdatasync`) three
-/// of them time out at 50 ms in a row on a healthy connection; re-dialing it failed the
-/// entries in flight on it, and such a follower never caught up.
+/// of them time out in a row (at 37.5 ms, the `soft_ttl` of the 50 ms heartbeat interval) on
+/// a healthy connection; re-dialing it failed the entries in flight on it, and such a follower
+/// never caught up.
 pub const PEER_SILENCE_MS_MIN: u64 = 2_000;
 /// Snapshot chunk size when openraft gives none (its own default `snapshot_max_chunk_size`).
 pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 3 << 20;
@@ -97,8 +121,10 @@ pub const SNAPSHOT_REFUSED_BACKOFF_MS_MAX: u64 = 60_000;
 /// stretches past 50 ms. Timed out, the same entries were read, encrypted and sent again
 /// while the follower was still writing them, and three in a row re-dialed the connection
 /// (failing every RPC on it). A follower that is gone is noticed by its connection closing;
-/// this bounds only one that is alive but stuck. Heartbeats (no entries) keep openraft's
-/// timeout: the heartbeat worker sends the next one only after the last is answered.
+/// this bounds only one that is alive but stuck. openraft's replication stream sets no timer
+/// of its own around these, so nothing drops them before this fires. AppendEntries without
+/// entries (heartbeats) get `soft_ttl` instead, below openraft's: the heartbeat worker drops
+/// each at `hard_ttl` and sends the next one only after the last is answered or dropped.
 pub const APPEND_ENTRIES_TTL_MS_MIN: u64 = 2_000;
 /// The connection's own per-request timeout: only a backstop, every RPC has a shorter one.
 const PEER_REQUEST_TIMEOUT_MS_BACKSTOP: u64 = 600_000;
@@ -196,7 +222,8 @@ impl PeerPool {
 impl PeerPool {
     /// Asks node `target` (at `addr`) for its last log id in `partition`'s group, with a
     /// Pre-Vote that changes nothing there: `Ok(None)` when its log is empty. Used to find the
-    /// most up-to-date voter after a leader is gone (src/raft/liveness.rs).
+    /// most up-to-date voter after a leader is gone (src/raft/liveness.rs). The probe waits
+    /// `ttl` for the answer: no timer of openraft's races it.
     pub async fn probe_last_log_id(
         self: &Rc<Self>,
         partition: Partition,
@@ -215,7 +242,7 @@ impl PeerPool {
             snapshot_refused_on: None,
         };
         network
-            .send_vote(probe, RPCOption::new(ttl), true)
+            .send_vote(probe, ttl, true)
             .await
             .map(|resp| resp.last_log_id)
             .map_err(|e| e.to_string())
@@ -265,12 +292,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // Without entries, a heartbeat: openraft's heartbeat worker drops it at hard_ttl.
         let ttl = if rpc.entries.is_empty() {
-            option.hard_ttl()
+            ttl_under_openraft_timer(&option)
         } else {
-            option
-                .hard_ttl()
-                .max(Duration::from_millis(APPEND_ENTRIES_TTL_MS_MIN))
+            entries_ttl(&option)
         };
         let mut request = wire::encode_append_request(self.partition.0, self.pool.node_id, &rpc);
         let truncated = fit_entries(&mut request, self.pool.frame_bytes_max)
@@ -302,7 +328,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.send_vote(rpc, option, false).await
+        self.send_vote(rpc, ttl_under_openraft_timer(&option), false)
+            .await
     }
 
     async fn pre_vote(
@@ -310,7 +337,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.send_vote(rpc, option, true).await
+        self.send_vote(rpc, ttl_under_openraft_timer(&option), true)
+            .await
     }
 
     async fn full_snapshot(
@@ -329,7 +357,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
+        let ttl = ttl_under_openraft_timer(&option);
         let request =
             wire::encode_transfer_leader_request(self.partition.0, self.pool.node_id, &req);
         let answer = self
@@ -344,13 +372,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 }
 
 impl PeerNetwork {
+    /// Sends a Vote or Pre-Vote and waits at most `ttl` for the answer.
     async fn send_vote(
         &self,
         rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
+        ttl: Duration,
         pre_vote: bool,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let ttl = option.hard_ttl();
         let request =
             wire::encode_vote_request(self.partition.0, self.pool.node_id, &rpc, pre_vote);
         let answer = self
@@ -436,6 +464,9 @@ impl PeerNetwork {
         snapshot: SnapshotOf<TypeConfig, LogSnapshot>,
         option: &RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, SnapshotFailure> {
+        // Each chunk gets the whole hard_ttl: openraft sets no timer around full_snapshot
+        // (its snapshot transmitter awaits it unbounded), so nothing drops a chunk before ours
+        // fires, and soft_ttl would only cut a large chunk's time short.
         let ttl = option.hard_ttl();
         let frame_bytes_max = self.pool.frame_bytes_max;
         let chunk_bytes_max = option
@@ -678,6 +709,23 @@ fn fill_chunk(
     }
     chunk.last = batches.peek().is_none();
     frame::frame_bytes(chunk)
+}
+
+/// Our timeout for an RPC that openraft bounds with a timer of its own at `hard_ttl`
+/// (heartbeats, votes, pre-votes, leadership transfers; RaftCore and the heartbeat worker wrap
+/// them): `soft_ttl`, so that ours fires first, by a margin, and the timeout is counted (module
+/// doc, "Timeouts").
+fn ttl_under_openraft_timer(option: &RPCOption) -> Duration {
+    option.soft_ttl()
+}
+
+/// Our timeout for an AppendEntries carrying entries: openraft's replication stream sets no
+/// timer around it, and the follower answers only once they are durable
+/// ([`APPEND_ENTRIES_TTL_MS_MIN`]).
+fn entries_ttl(option: &RPCOption) -> Duration {
+    option
+        .hard_ttl()
+        .max(Duration::from_millis(APPEND_ENTRIES_TTL_MS_MIN))
 }
 
 /// Why a snapshot transfer failed.
@@ -930,6 +978,35 @@ mod tests {
             snapshot_refused_backoff(u32::MAX),
             Duration::from_millis(SNAPSHOT_REFUSED_BACKOFF_MS_MAX)
         );
+    }
+
+    /// Regression: heartbeats, votes and leadership transfers timed out here at `hard_ttl`, the
+    /// deadline at which openraft's own timer drops them, so whether a timeout counted toward
+    /// a re-dial was a race between two timers. Ours now fires a quarter earlier.
+    #[test]
+    fn rpcs_openraft_drops_at_hard_ttl_time_out_here_first() {
+        // The heartbeat interval, the election timeout minimum, a long one.
+        for hard_ms in [50, 250, 10_000] {
+            let option = RPCOption::new(Duration::from_millis(hard_ms));
+            let ours = ttl_under_openraft_timer(&option);
+            assert!(
+                ours <= option.hard_ttl() * 4 / 5,
+                "hard_ttl {hard_ms} ms: ours is {ours:?}, not clear of openraft's timer"
+            );
+            assert!(
+                ours > option.hard_ttl() / 2,
+                "hard_ttl {hard_ms} ms: {ours:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn append_entries_with_entries_wait_at_least_two_seconds_and_never_less_than_openraft() {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let short = RPCOption::new(Duration::from_millis(50));
+        assert_eq!(ms(entries_ttl(&short)), APPEND_ENTRIES_TTL_MS_MIN);
+        let long = RPCOption::new(Duration::from_millis(5_000));
+        assert_eq!(ms(entries_ttl(&long)), 5_000);
     }
 
     #[test]

@@ -15,6 +15,16 @@
 //! `/proc/net/tcp`, then the owner's `/proc/PID/fd`), so it works for any process on this
 //! machine without the nodes' help.
 //!
+//! Fault model of a stall: a silent partition of the connections open now, as when a network
+//! blackholes their packets while both hosts keep their sockets. [`Proxy::stall`] makes every
+//! forwarded connection stop forwarding in both directions: the proxy keeps reading both
+//! sockets and discards what it reads, so neither side's writes block or fail, nothing
+//! arrives, and nothing is closed or reset (an end of stream or an error on one side is not
+//! passed on either; the other side's socket stays open until the proxy is dropped). Only
+//! timeouts can tell such a connection from a quiet one. Connections accepted after the stall
+//! are forwarded as usual, so a peer that re-dials gets through; a stalled connection never
+//! recovers ([`Proxy::heal`] ends cuts, not stalls).
+//!
 //! Threads: one accepting, two per forwarded connection (one per direction). Every socket
 //! operation has a timeout or is ended by a shutdown, so dropping the proxy ends them all.
 
@@ -61,6 +71,8 @@ struct Link {
     peer_port: u16,
     /// Pump threads still running (0: the link is over).
     pumps: Arc<AtomicUsize>,
+    /// Set by [`Proxy::stall`]: the pumps discard what they read and pass nothing on.
+    stalled: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -110,6 +122,14 @@ impl Proxy {
         self.shared.cut.store(true, Ordering::SeqCst);
         for link in self.shared.links().drain(..) {
             link.close();
+        }
+    }
+
+    /// Stops forwarding on every connection open now, in both directions, without closing
+    /// any; new connections are forwarded as usual (see the module doc).
+    pub fn stall(&self) {
+        for link in self.shared.links().iter() {
+            link.stalled.store(true, Ordering::SeqCst);
         }
     }
 
@@ -215,24 +235,41 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let pumps = Arc::new(AtomicUsize::new(2));
-        spawn_pump(in_read, outbound, pumps.clone());
-        spawn_pump(out_read, inbound, pumps.clone());
+        let stalled = Arc::new(AtomicBool::new(false));
+        spawn_pump(in_read, outbound, pumps.clone(), stalled.clone());
+        spawn_pump(out_read, inbound, pumps.clone(), stalled.clone());
         links.push(Link {
             inbound: in_keep,
             outbound: out_keep,
             peer_port,
             pumps,
+            stalled,
         });
         shared.forwarded.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Copies `from` to `to` until either side ends, then ends both.
-fn spawn_pump(mut from: TcpStream, mut to: TcpStream, pumps: Arc<AtomicUsize>) {
+/// Copies `from` to `to` until either side ends, then ends both. Once `stalled`, it discards
+/// what it reads and, when `from` ends, leaves `to` as it is (see the module doc).
+fn spawn_pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    pumps: Arc<AtomicUsize>,
+    stalled: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; COPY_BUFFER_BYTES];
         loop {
-            match from.read(&mut buf) {
+            let read = from.read(&mut buf);
+            if stalled.load(Ordering::SeqCst) {
+                match read {
+                    Ok(n) if n > 0 => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // `from` ended: a blackholed link carries no FIN or reset either.
+                    _ => break,
+                }
+            }
+            match read {
                 Ok(0) => {
                     // A clean half-close travels on; the other pump ends the rest.
                     let _ = to.shutdown(Shutdown::Write);
