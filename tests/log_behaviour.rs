@@ -604,3 +604,59 @@ fn a_log_reset_past_its_high_watermark_reads_as_empty_at_its_new_start() {
         log.close().await.unwrap();
     });
 }
+
+/// A Raft follower writes the leader's stored batch: `submit_stored` puts its bytes on disk
+/// unchanged when its header names the offset it gets (read back byte for byte, after a reopen
+/// too), and encodes it again, keeping its term, index, timestamp and records, when it does
+/// not (logs that disagree on offsets must not end up with a header that lies).
+#[test]
+fn a_stored_batch_is_written_byte_for_byte_when_its_offset_matches_and_re_encoded_when_not() {
+    use corelog::storage::Batch;
+    use corelog::storage::format::encode_batch;
+    let dir = test_dir("submit-stored");
+    run(|| async move {
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        let meta = |index| BatchMeta {
+            timestamp_ms: 1_700_000_000_000 + index as i64,
+            term: 7,
+            raft_index: index,
+        };
+        let first =
+            Batch::parse(encode_batch(Offset(0), &[b"a".as_slice(), b"bb"], meta(1))).unwrap();
+        let ticket = log.submit_stored(&first).await.unwrap();
+        assert_eq!(ticket.base_offset(), Offset(0));
+        assert_eq!(ticket.batch().bytes(), first.bytes(), "queued unchanged");
+        ticket.durable().await.unwrap();
+        // Names offset 5, lands at 2.
+        let elsewhere =
+            Batch::parse(encode_batch(Offset(5), &[b"ccc".as_slice()], meta(2))).unwrap();
+        let ticket = log.submit_stored(&elsewhere).await.unwrap();
+        assert_eq!(ticket.base_offset(), Offset(2));
+        let rewritten = ticket.batch();
+        ticket.durable().await.unwrap();
+        let check = |batches: Vec<Batch>| {
+            assert_eq!(batches.len(), 2);
+            assert_eq!(batches[0].bytes(), first.bytes(), "the first batch on disk");
+            let h = batches[1].header();
+            assert_eq!(h.base_offset, Offset(2));
+            assert_eq!(h.meta, meta(2));
+            assert_eq!(batches[1].body(), elsewhere.body());
+            assert_eq!(batches[1].bytes(), rewritten.bytes());
+        };
+        check(log.read_raft(1, 1 << 20).await.unwrap());
+        log.close().await.unwrap();
+        let log = Log::open(&dir, LogConfig::default()).await.unwrap();
+        check(log.read_raft(1, 1 << 20).await.unwrap());
+        let control = Batch::parse(corelog::storage::format::encode_control(
+            Offset(3),
+            b"x",
+            meta(3),
+        ))
+        .unwrap();
+        assert!(matches!(
+            log.submit_stored(&control).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        log.close().await.unwrap();
+    });
+}

@@ -1116,3 +1116,71 @@ fn a_peer_frame_over_the_size_limit_gets_frame_too_large_like_a_client_frame() {
     raft.assert_undisturbed(&node, &mut peer);
     assert_log_intact(&node, &mut acked, "after-peer-frame-too-large");
 }
+
+/// AppendEntries may carry a records entry as the leader's stored batch (PROTOCOL.md, kind
+/// stored_batch). One whose CRC fails, whose records do not fill it, or whose header names
+/// another entry is refused with BAD_REQUEST before the Raft group sees the request; the same
+/// request with the batch intact reaches the group (which answers it: here with its higher
+/// vote, the sender's being stale).
+#[test]
+fn append_entries_with_a_damaged_stored_batch_is_bad_request_and_changes_nothing() {
+    use corelog::proto::{RaftAppendRequest, RaftEntry, RaftEntryKind};
+    let node = ClusterNode::start("peer-append-stored", &[]);
+    let mut acked = seed_records(&node, 5, "before");
+    let raft = RaftBefore::read(&node);
+    let mut peer = node.peer();
+    let index = 1_000;
+    let meta = BatchMeta {
+        timestamp_ms: 1_700_000_000_000,
+        term: raft.term,
+        raft_index: index,
+    };
+    let good = format::encode_batch(Offset(5), &[b"x".as_slice(), b"yz"], meta);
+    let append = |batch: Bytes| {
+        Request::RaftAppend(RaftAppendRequest {
+            partition: PARTITION,
+            from_node: STRANGER,
+            vote: Some(stale_vote()),
+            prev_log_id: None,
+            entries: vec![RaftEntry {
+                term: raft.term,
+                index,
+                kind: RaftEntryKind::StoredBatch as i32,
+                batch,
+                ..RaftEntry::default()
+            }],
+            leader_commit: None,
+        })
+    };
+    let flipped = {
+        let mut bytes = good.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        Bytes::from(bytes)
+    };
+    let other_entry = format::encode_batch(
+        Offset(5),
+        &[b"x".as_slice()],
+        BatchMeta {
+            raft_index: 7,
+            ..meta
+        },
+    );
+    let before = error_count(&node, "bad_body");
+    for (what, batch, needle) in [
+        ("a flipped bit", flipped, "checksum"),
+        ("a cut batch", good.slice(..good.len() - 1), "stored batch"),
+        ("another entry's batch", other_entry, "names entry 7"),
+    ] {
+        expect_bad_request(peer.call(append(batch)), what, &["stored batch", needle]);
+    }
+    assert_eq!(error_count(&node, "bad_body"), before + 3);
+    match peer.call(append(good)) {
+        Response::RaftAppend(answer) => {
+            assert!(answer.higher_vote.is_some(), "{answer:?}")
+        }
+        other => panic!("the intact batch should reach the group, got {other:?}"),
+    }
+    raft.assert_undisturbed(&node, &mut peer);
+    assert_log_intact(&node, &mut acked, "after-append-stored");
+}

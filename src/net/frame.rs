@@ -257,6 +257,19 @@ impl FrameDecoder {
         self.frame_bytes_max
     }
 
+    /// The size of the frame `buf` begins with, header included, when its header is complete,
+    /// the frame is within the limit and `buf` does not hold all of it yet (what
+    /// [`FrameDecoder::decode`] waits for); `None` otherwise.
+    pub fn incomplete_frame_bytes(&self, buf: &[u8]) -> Option<usize> {
+        let length = read_u32(buf, 0)?;
+        if length < FRAME_LENGTH_MIN || buf.len() < FRAME_HEADER_BYTES {
+            return None;
+        }
+        let frame_bytes = FRAME_LENGTH_BYTES as u64 + u64::from(length);
+        (frame_bytes <= self.frame_bytes_max as u64 && (buf.len() as u64) < frame_bytes)
+            .then_some(frame_bytes as usize)
+    }
+
     /// Takes the next complete frame off the front of `buf`, or returns `Ok(None)` (leaving
     /// `buf` as it is) when more bytes are needed. Call it again after every read until it
     /// returns `None`: one read may carry many frames.
@@ -332,17 +345,14 @@ pub const SHARED_BODY_MIN_BYTES: usize = crate::net::write::COALESCE_BELOW_BYTES
 
 /// An AppendEntries frame as pieces whose concatenation is exactly what [`encode_frame`]
 /// writes (prost's field order: fields 1–4, each entry of field 5, field 6), with every
-/// normal entry body of at least [`SHARED_BODY_MIN_BYTES`] a piece of its own: the entry's
-/// `Bytes`, shared rather than copied. A leader sends each entry to every follower, so prost
-/// copying each body into each follower's frame was a copy per follower of all it replicates.
+/// entry's records of at least [`SHARED_BODY_MIN_BYTES`] (a stored `batch`, or a normal
+/// `body`) a piece of its own: the entry's `Bytes`, shared rather than copied. A leader sends
+/// each entry to every follower, so prost copying each body into each follower's frame was a
+/// copy per follower of all it replicates.
 fn encode_append_pieces(correlation_id: u32, m: &RaftAppendRequest) -> Vec<Bytes> {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
     const ENTRIES_FIELD: u32 = 5;
     const LEADER_COMMIT_FIELD: u32 = 6;
-    const BODY_FIELD: u32 = 6;
-    let shared = |e: &crate::proto::RaftEntry| {
-        e.body.len() >= SHARED_BODY_MIN_BYTES && e.membership_json.is_empty()
-    };
     // Fields 1–4 (no entry is cloned).
     let head = RaftAppendRequest {
         partition: m.partition,
@@ -364,26 +374,22 @@ fn encode_append_pieces(correlation_id: u32, m: &RaftAppendRequest) -> Vec<Bytes
     head.encode(&mut buf)
         .expect("BytesMut grows to fit any message");
     for entry in &m.entries {
-        if !shared(entry) {
+        let Some((field, shared, rest)) = shared_tail(entry) else {
             message::encode(ENTRIES_FIELD, entry, &mut buf);
             continue;
-        }
-        let rest = crate::proto::RaftEntry {
-            body: Bytes::new(),
-            ..entry.clone()
         };
-        let body_field = prost::encoding::key_len(BODY_FIELD)
-            + encoded_len_varint(entry.body.len() as u64)
-            + entry.body.len();
-        let entry_len = rest.encoded_len() + body_field;
+        let shared_field = prost::encoding::key_len(field)
+            + encoded_len_varint(shared.len() as u64)
+            + shared.len();
+        let entry_len = rest.encoded_len() + shared_field;
         encode_key(ENTRIES_FIELD, WireType::LengthDelimited, &mut buf);
         encode_varint(entry_len as u64, &mut buf);
         rest.encode(&mut buf)
             .expect("BytesMut grows to fit any message");
-        encode_key(BODY_FIELD, WireType::LengthDelimited, &mut buf);
-        encode_varint(entry.body.len() as u64, &mut buf);
+        encode_key(field, WireType::LengthDelimited, &mut buf);
+        encode_varint(shared.len() as u64, &mut buf);
         pieces.push(buf.split().freeze());
-        pieces.push(entry.body.clone());
+        pieces.push(shared.clone());
     }
     if let Some(commit) = &m.leader_commit {
         message::encode(LEADER_COMMIT_FIELD, commit, &mut buf);
@@ -392,6 +398,31 @@ fn encode_append_pieces(correlation_id: u32, m: &RaftAppendRequest) -> Vec<Bytes
         pieces.push(buf.freeze());
     }
     pieces
+}
+
+/// The entry's last encoded field, when it is records worth sharing: its field number, its
+/// bytes, and the entry without it. prost writes fields in number order and skips empty ones,
+/// so `batch` (8) is last when set, and `body` (6) when `membership_json` (7) and `batch` are
+/// empty.
+fn shared_tail(e: &crate::proto::RaftEntry) -> Option<(u32, &Bytes, crate::proto::RaftEntry)> {
+    const BODY_FIELD: u32 = 6;
+    const BATCH_FIELD: u32 = 8;
+    if !e.batch.is_empty() {
+        return (e.batch.len() >= SHARED_BODY_MIN_BYTES).then(|| {
+            let rest = crate::proto::RaftEntry {
+                batch: Bytes::new(),
+                ..e.clone()
+            };
+            (BATCH_FIELD, &e.batch, rest)
+        });
+    }
+    (e.body.len() >= SHARED_BODY_MIN_BYTES && e.membership_json.is_empty()).then(|| {
+        let rest = crate::proto::RaftEntry {
+            body: Bytes::new(),
+            ..e.clone()
+        };
+        (BODY_FIELD, &e.body, rest)
+    })
 }
 
 /// A request body, decoded by its frame kind.
@@ -456,16 +487,13 @@ impl Request {
     }
 
     /// This request's frame as pieces to write in order: one buffer, except that an
-    /// AppendEntries frame shares its large entry bodies instead of copying them
+    /// AppendEntries frame shares its entries' large records (bodies or stored batches)
+    /// instead of copying them
     /// ([`SHARED_BODY_MIN_BYTES`]). The pieces' concatenation is what [`Request::encode`]
     /// writes.
     pub fn encode_pieces(&self, correlation_id: u32) -> Vec<Bytes> {
         match self {
-            Request::RaftAppend(m)
-                if m.entries
-                    .iter()
-                    .any(|e| e.body.len() >= SHARED_BODY_MIN_BYTES) =>
-            {
+            Request::RaftAppend(m) if m.entries.iter().any(|e| shared_tail(e).is_some()) => {
                 assert_ne!(
                     correlation_id, CORRELATION_ID_CONNECTION,
                     "correlation id 0 is reserved for the server"
@@ -779,6 +807,7 @@ mod tests {
                         count: 1,
                         body: Bytes::from_static(b"\x02\0\0\0hi"),
                         membership_json: Bytes::new(),
+                        batch: Bytes::new(),
                     },
                     RaftEntry {
                         term: 3,
@@ -1119,18 +1148,33 @@ mod tests {
         let mut entries: Vec<RaftEntry> = bodies
             .iter()
             .enumerate()
-            .map(|(i, &len)| RaftEntry {
-                term: 3,
-                index: 10 + i as u64,
-                kind: if len == 0 {
-                    RaftEntryKind::Blank as i32
-                } else {
-                    RaftEntryKind::Normal as i32
-                },
-                timestamp_ms: 1_700_000_000_000 + i as i64,
-                count: 1,
-                body: Bytes::from(vec![i as u8; len]),
-                ..RaftEntry::default()
+            .map(|(i, &len)| {
+                let records = Bytes::from(vec![i as u8; len]);
+                match (len, i % 2) {
+                    (0, _) => RaftEntry {
+                        term: 3,
+                        index: 10 + i as u64,
+                        kind: RaftEntryKind::Blank as i32,
+                        ..RaftEntry::default()
+                    },
+                    // Every other entry as a stored batch (the frame does not look inside).
+                    (_, 1) => RaftEntry {
+                        term: 3,
+                        index: 10 + i as u64,
+                        kind: RaftEntryKind::StoredBatch as i32,
+                        batch: records,
+                        ..RaftEntry::default()
+                    },
+                    _ => RaftEntry {
+                        term: 3,
+                        index: 10 + i as u64,
+                        kind: RaftEntryKind::Normal as i32,
+                        timestamp_ms: 1_700_000_000_000 + i as i64,
+                        count: 1,
+                        body: records,
+                        ..RaftEntry::default()
+                    },
+                }
             })
             .collect();
         if entries.len() > 1 {
@@ -1156,7 +1200,7 @@ mod tests {
     }
 
     #[test]
-    fn append_pieces_are_the_encoded_frame_and_share_the_large_bodies() {
+    fn append_pieces_are_the_encoded_frame_and_share_the_large_bodies_and_batches() {
         let big = SHARED_BODY_MIN_BYTES;
         let cases: &[&[usize]] = &[
             &[],
@@ -1164,6 +1208,7 @@ mod tests {
             &[big],
             &[big - 1, big],
             &[big, 0, 100, big * 3, 300_000],
+            &[10, big, big, 5, 0, big * 2],
             &[0, 0],
         ];
         for bodies in cases {
@@ -1183,7 +1228,7 @@ mod tests {
                 let large: Vec<&Bytes> = m
                     .entries
                     .iter()
-                    .map(|e| &e.body)
+                    .flat_map(|e| [&e.body, &e.batch])
                     .filter(|b| b.len() >= big)
                     .collect();
                 for body in &large {
@@ -1210,6 +1255,30 @@ mod tests {
                 assert_eq!(decode_request(&frame).unwrap(), request);
             }
         }
+    }
+
+    #[test]
+    fn an_incomplete_frame_says_its_size_once_its_header_is_in() {
+        let mut whole = BytesMut::new();
+        produce(1, &[&[7u8; 1000][..]]).encode(5, &mut whole);
+        let decoder = FrameDecoder::default();
+        for cut in 0..=whole.len() {
+            let expected = (cut >= FRAME_HEADER_BYTES && cut < whole.len()).then_some(whole.len());
+            assert_eq!(
+                decoder.incomplete_frame_bytes(&whole[..cut]),
+                expected,
+                "{cut} bytes"
+            );
+        }
+        // Over the limit or under the minimum length: decode refuses it, so no size.
+        let mut huge = BytesMut::new();
+        huge.put_u32(u32::MAX - 4);
+        huge.put_u8(FrameKind::Produce as u8);
+        huge.put_u32(9);
+        assert_eq!(decoder.incomplete_frame_bytes(&huge), None);
+        let mut tiny = huge.clone();
+        tiny[..4].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(decoder.incomplete_frame_bytes(&tiny), None);
     }
 
     #[test]

@@ -1037,6 +1037,7 @@ mod tests {
                     count: 1,
                     body: Bytes::from(body.clone()),
                     membership_json: Bytes::new(),
+                    batch: Bytes::new(),
                 })
                 .collect(),
             leader_commit: None,

@@ -349,12 +349,7 @@ fn entry_from_batch(batch: &Batch) -> io::Result<Entry> {
     if !batch.is_control() {
         return Ok(Entry::new_normal(
             id,
-            RecordBatch {
-                timestamp_ms: h.meta.timestamp_ms,
-                count: h.record_count,
-                body: batch.body(),
-                base_offset: Some(h.base_offset),
-            },
+            RecordBatch::from_stored(batch.clone()),
         ));
     }
     let payload = batch.control_payload();
@@ -397,8 +392,34 @@ async fn submit(log: &Log, entry: &mut Entry) -> crate::Result<crate::storage::A
     match &mut entry.payload {
         EntryPayload::Normal(d) => {
             meta.timestamp_ms = d.timestamp_ms;
-            let ticket = log.submit_records_body(d.count, &d.body, meta).await?;
+            // A batch as the leader stored it is written as is when its header says this entry
+            // (its CRC was checked when it arrived); anything else is encoded here.
+            let stored = d.stored.as_ref().filter(|batch| {
+                batch.header().meta == meta
+                    && batch.record_count() == d.count
+                    && !batch.is_control()
+            });
+            let ticket = if let Some(batch) = stored {
+                log.submit_stored(batch).await?
+            } else if let Some(room) = d.unsealed.take() {
+                // A produce on the leader: seal the batch around the records in place, once
+                // the body no longer shares the buffer (openraft did not clone the entry).
+                d.body = bytes::Bytes::new();
+                match room.try_into_mut() {
+                    Ok(buf) => log.submit_in_place(d.count, buf, meta).await?,
+                    Err(room) => {
+                        d.body = room.slice(crate::storage::format::HEADER_BYTES..);
+                        log.submit_records_body(d.count, &d.body, meta).await?
+                    }
+                }
+            } else {
+                log.submit_records_body(d.count, &d.body, meta).await?
+            };
             d.base_offset = Some(ticket.base_offset());
+            // Replication reads the still pending entry: it carries the stored form too.
+            let batch = ticket.batch();
+            d.body = batch.body();
+            d.stored = Some(batch);
             Ok(ticket)
         }
         EntryPayload::Blank => log.submit_control(&[CONTROL_BLANK], meta).await,
@@ -794,5 +815,91 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         *self.shared.current_snapshot.borrow_mut() = Some(snapshot.clone());
         Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit_dir(name: &str) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/tmp/corelog-unit")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The records of a produce are copied once on the leader, into the buffer the batch is
+    /// sealed in; a follower writes the leader's stored batch as it arrived. Both entries leave
+    /// `submit` carrying their stored form (what replication then sends), and the log holds
+    /// exactly those bytes.
+    #[test]
+    fn a_produce_is_sealed_in_place_and_a_replicated_batch_is_stored_unchanged() {
+        let dir = unit_dir("store-submit");
+        crate::io::run_test_executor(async move {
+            let log = Log::open(&dir, crate::storage::LogConfig::default())
+                .await
+                .unwrap();
+            let records = RecordBatch::from_values(&[b"one".as_slice(), b"two"], 1_000);
+            let body_at = records.body.as_ptr();
+            let mut produced = Entry::new_normal(log_id(2, 1), records);
+            let ticket = submit(&log, &mut produced).await.unwrap();
+            ticket.durable().await.unwrap();
+            let EntryPayload::Normal(leader) = &produced.payload else {
+                unreachable!()
+            };
+            let sealed = leader
+                .stored
+                .clone()
+                .expect("the entry carries its stored form");
+            assert_eq!(
+                sealed.body().as_ptr(),
+                body_at,
+                "the records were copied again"
+            );
+            assert!(leader.unsealed.is_none());
+            assert_eq!(leader.body, sealed.body());
+            assert_eq!(sealed.header().meta.raft_index, 1);
+
+            // A batch as a follower receives it: the leader's bytes, for index 2.
+            let theirs = crate::storage::format::encode_batch(
+                Offset(2),
+                &[b"three".as_slice()],
+                BatchMeta {
+                    timestamp_ms: 2_000,
+                    term: 2,
+                    raft_index: 2,
+                },
+            );
+            let theirs = Batch::parse(theirs).unwrap();
+            let mut replicated = Entry::new_normal(
+                log_id(2, 2),
+                RecordBatch {
+                    timestamp_ms: 2_000,
+                    count: 1,
+                    body: theirs.body(),
+                    base_offset: None,
+                    stored: Some(theirs.clone()),
+                    unsealed: None,
+                },
+            );
+            submit(&log, &mut replicated)
+                .await
+                .unwrap()
+                .durable()
+                .await
+                .unwrap();
+            let on_disk = log.read_raft(1, 1 << 20).await.unwrap();
+            assert_eq!(on_disk.len(), 2);
+            assert_eq!(on_disk[0].bytes(), sealed.bytes());
+            assert_eq!(
+                on_disk[1].bytes(),
+                theirs.bytes(),
+                "the leader's bytes, unchanged"
+            );
+            log.close().await.unwrap();
+        });
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Offset;
 use crate::raft::rt::GlommioRuntime;
+use crate::storage::format::{Batch, HEADER_BYTES};
 
 /// A node of the cluster, as Raft knows it.
 pub type NodeId = u64;
@@ -44,7 +45,7 @@ pub type Raft = openraft::Raft<TypeConfig, crate::raft::store::StateMachine>;
 
 /// The records of one produce request, as they will sit in the batch body: each record is
 /// `[u32 little-endian length][value]` (format v1, `storage::format`).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct RecordBatch {
     /// Set by the leader when the request is proposed; every replica stores the same value.
     pub timestamp_ms: i64,
@@ -56,23 +57,63 @@ pub struct RecordBatch {
     /// not part of what is replicated).
     #[serde(skip)]
     pub base_offset: Option<Offset>,
+    /// The whole batch (header and `body`) as a log stores it, when this entry came from one:
+    /// read from this node's log, queued to it, or received that way from the leader. It is
+    /// replicated as is, so a follower writes the leader's bytes, checked by their CRC, with
+    /// no copy. `body` is a slice of it. Not part of equality: the same entry may or may not
+    /// carry it.
+    #[serde(skip)]
+    pub stored: Option<Batch>,
+    /// Made by [`RecordBatch::from_values`]: the records with room for a batch header in
+    /// front (`body` is a slice of it), so the leader's log seals the batch around them
+    /// without copying them. Taken when the entry is appended.
+    #[serde(skip)]
+    pub unsealed: Option<Bytes>,
 }
+
+impl PartialEq for RecordBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.timestamp_ms == other.timestamp_ms
+            && self.count == other.count
+            && self.body == other.body
+            && self.base_offset == other.base_offset
+    }
+}
+
+impl Eq for RecordBatch {}
 
 impl RecordBatch {
     /// Encodes `values` as a batch body.
     pub fn from_values<V: AsRef<[u8]>>(values: &[V], timestamp_ms: i64) -> RecordBatch {
         let len: usize = values.iter().map(|v| 4 + v.as_ref().len()).sum();
-        let mut body = Vec::with_capacity(len);
+        let mut buf = Vec::with_capacity(HEADER_BYTES + len);
+        buf.resize(HEADER_BYTES, 0);
         for v in values {
             let v = v.as_ref();
-            body.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            body.extend_from_slice(v);
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            buf.extend_from_slice(v);
         }
+        let unsealed = Bytes::from(buf);
         RecordBatch {
             timestamp_ms,
             count: values.len() as u32,
-            body: Bytes::from(body),
+            body: unsealed.slice(HEADER_BYTES..),
             base_offset: None,
+            stored: None,
+            unsealed: Some(unsealed),
+        }
+    }
+
+    /// The entry's records as a stored batch says them (`batch` must be a records batch).
+    pub fn from_stored(batch: Batch) -> RecordBatch {
+        let header = batch.header();
+        RecordBatch {
+            timestamp_ms: header.meta.timestamp_ms,
+            count: header.record_count,
+            body: batch.body(),
+            base_offset: Some(header.base_offset),
+            stored: Some(batch),
+            unsealed: None,
         }
     }
 }

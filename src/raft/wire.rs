@@ -15,6 +15,10 @@
 //! - Entry payloads: blank, normal (`RecordBatch`: timestamp, count, body; the body `Bytes` is
 //!   shared with the frame, not copied), membership (openraft's `Membership` as JSON, the
 //!   `serde` feature). `RecordBatch::base_offset` is local to a log and is not sent.
+//! - A `RecordBatch` that carries its stored form (read from the sender's log or queued to
+//!   it) is sent as that batch (kind STORED_BATCH), header and CRC included; the receiver
+//!   checks the CRC, the records and that the header names the entry, and its log writes
+//!   those bytes unchanged. The batch is shared with the frame on both sides, not copied.
 
 use bytes::Bytes;
 use openraft::raft::TransferLeaderError;
@@ -27,6 +31,7 @@ use openraft::{EntryPayload, StoredMembership};
 
 use crate::proto;
 use crate::raft::types::{Entry, LeaderId, LogId, Membership, RecordBatch, TypeConfig, Vote};
+use crate::storage::format::Batch;
 
 /// The meta of a snapshot of a partition.
 pub type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
@@ -55,6 +60,13 @@ pub enum WireError {
 
     #[error("normal entry {index} (term {term}) does not hold exactly {count} records")]
     BadRecords { term: u64, index: u64, count: u32 },
+
+    #[error("stored batch of entry {index} (term {term}) is not valid: {detail}")]
+    BadStoredBatch {
+        term: u64,
+        index: u64,
+        detail: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,12 +124,18 @@ pub fn encode_entry(entry: &Entry) -> proto::RaftEntry {
     };
     match &entry.payload {
         EntryPayload::Blank => wire.kind = proto::RaftEntryKind::Blank as i32,
-        EntryPayload::Normal(batch) => {
-            wire.kind = proto::RaftEntryKind::Normal as i32;
-            wire.timestamp_ms = batch.timestamp_ms;
-            wire.count = batch.count;
-            wire.body = batch.body.clone();
-        }
+        EntryPayload::Normal(batch) => match &batch.stored {
+            Some(stored) => {
+                wire.kind = proto::RaftEntryKind::StoredBatch as i32;
+                wire.batch = stored.bytes().clone();
+            }
+            None => {
+                wire.kind = proto::RaftEntryKind::Normal as i32;
+                wire.timestamp_ms = batch.timestamp_ms;
+                wire.count = batch.count;
+                wire.body = batch.body.clone();
+            }
+        },
         EntryPayload::Membership(membership) => {
             wire.kind = proto::RaftEntryKind::Membership as i32;
             wire.membership_json = encode_membership(membership);
@@ -158,6 +176,41 @@ pub fn decode_entry(wire: proto::RaftEntry) -> Result<Entry, WireError> {
                 count: wire.count,
                 body: wire.body,
                 base_offset: None,
+                stored: None,
+                unsealed: None,
+            })
+        }
+        proto::RaftEntryKind::StoredBatch => {
+            let bad = |detail: String| WireError::BadStoredBatch {
+                term: wire.term,
+                index: wire.index,
+                detail,
+            };
+            let batch = Batch::parse(wire.batch.clone()).map_err(|e| bad(e.to_string()))?;
+            let header = *batch.header();
+            if batch.len() != wire.batch.len() {
+                return Err(bad(format!(
+                    "{} bytes after the batch's {}",
+                    wire.batch.len() - batch.len(),
+                    batch.len()
+                )));
+            }
+            if header.is_control() || header.record_count == 0 {
+                return Err(bad("it holds no records".into()));
+            }
+            if (header.meta.term, header.meta.raft_index) != (wire.term, wire.index) {
+                return Err(bad(format!(
+                    "its header names entry {} (term {})",
+                    header.meta.raft_index, header.meta.term
+                )));
+            }
+            EntryPayload::Normal(RecordBatch {
+                timestamp_ms: header.meta.timestamp_ms,
+                count: header.record_count,
+                body: batch.body(),
+                base_offset: None,
+                stored: Some(batch),
+                unsealed: None,
             })
         }
         proto::RaftEntryKind::Membership => {
@@ -502,6 +555,7 @@ mod tests {
             },
             normal(1, 2, &[b"hello", b"", &[0xFF; 300]]),
             normal(1, 3, &[]),
+            stored(1, 4, &[b"stored", b"batch"]),
             Entry {
                 log_id: log_id(2, 4),
                 payload: EntryPayload::Membership(joint_membership()),
@@ -763,7 +817,7 @@ mod tests {
 
     #[test]
     fn unspecified_and_unknown_enum_values_are_refused() {
-        for value in [0, 4, 99, -1] {
+        for value in [0, 5, 99, -1] {
             let entry = proto::RaftEntry {
                 kind: value,
                 ..Default::default()
@@ -822,6 +876,155 @@ mod tests {
                     count
                 })
             );
+        }
+    }
+
+    /// A normal entry as `term`/`index`'s batch in a log (base offset 40), carrying its
+    /// stored form as an entry read from a log does (but no `base_offset`).
+    fn stored(term: u64, index: u64, values: &[&[u8]]) -> Entry {
+        let records = RecordBatch::from_values(values, 1_700_000_000_456);
+        let meta = crate::storage::BatchMeta {
+            timestamp_ms: records.timestamp_ms,
+            term,
+            raft_index: index,
+        };
+        let bytes = crate::storage::format::encode_records_body(
+            crate::Offset(40),
+            records.count,
+            &records.body,
+            meta,
+        );
+        let batch = Batch::parse(bytes).expect("own batch parses");
+        // base_offset is local to a log and not sent: like `normal`, leave it out.
+        let mut records = RecordBatch::from_stored(batch);
+        records.base_offset = None;
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(records),
+        }
+    }
+
+    #[test]
+    fn a_stored_batch_travels_whole_and_arrives_as_the_same_records_sharing_the_frame() {
+        let entry = stored(3, 9, &[b"one", b"", &[7; 200]]);
+        let EntryPayload::Normal(sent) = &entry.payload else {
+            unreachable!()
+        };
+        let wire = encode_entry(&entry);
+        assert_eq!(wire.kind, proto::RaftEntryKind::StoredBatch as i32);
+        assert!(
+            wire.body.is_empty(),
+            "the records travel once, inside the batch"
+        );
+        let bytes = Bytes::from(wire.encode_to_vec());
+        let decoded = decode_entry(proto::RaftEntry::decode(bytes.clone()).unwrap()).unwrap();
+        assert_eq!(decoded.log_id, entry.log_id);
+        let EntryPayload::Normal(got) = &decoded.payload else {
+            panic!("not a normal entry: {decoded:?}")
+        };
+        assert_eq!(
+            (got.timestamp_ms, got.count, &got.body),
+            (sent.timestamp_ms, sent.count, &sent.body)
+        );
+        assert_eq!(got.base_offset, None, "base_offset is not replicated");
+        let got_batch = got.stored.as_ref().expect("arrives with its stored form");
+        assert_eq!(
+            got_batch.bytes(),
+            sent.stored.as_ref().unwrap().bytes(),
+            "byte for byte"
+        );
+        let frame = bytes.as_ptr_range();
+        assert!(
+            frame.contains(&got_batch.bytes().as_ptr()),
+            "the batch was copied"
+        );
+        assert!(frame.contains(&got.body.as_ptr()), "the body was copied");
+    }
+
+    #[test]
+    fn a_stored_batch_that_is_damaged_or_names_another_entry_is_refused() {
+        let good = encode_entry(&stored(3, 9, &[b"abc", b"de"]));
+        let mut flipped = good.batch.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        let mut trailing = good.batch.to_vec();
+        trailing.push(0);
+        let control = crate::storage::format::encode_control(
+            crate::Offset(40),
+            b"x",
+            crate::storage::BatchMeta {
+                timestamp_ms: 1,
+                term: 3,
+                raft_index: 9,
+            },
+        );
+        let cases: Vec<(proto::RaftEntry, &str)> = vec![
+            (
+                proto::RaftEntry {
+                    batch: Bytes::from(flipped),
+                    ..good.clone()
+                },
+                "checksum mismatch",
+            ),
+            (
+                proto::RaftEntry {
+                    batch: good.batch.slice(..good.batch.len() - 1),
+                    ..good.clone()
+                },
+                "truncated",
+            ),
+            (
+                proto::RaftEntry {
+                    batch: Bytes::from(trailing),
+                    ..good.clone()
+                },
+                "bytes after",
+            ),
+            (
+                proto::RaftEntry {
+                    batch: Bytes::new(),
+                    ..good.clone()
+                },
+                "",
+            ),
+            (
+                proto::RaftEntry {
+                    batch: control,
+                    ..good.clone()
+                },
+                "no records",
+            ),
+            (
+                proto::RaftEntry {
+                    index: 10,
+                    ..good.clone()
+                },
+                "names entry 9 (term 3)",
+            ),
+            (
+                proto::RaftEntry {
+                    term: 4,
+                    ..good.clone()
+                },
+                "names entry 9 (term 3)",
+            ),
+        ];
+        for (wire, needle) in cases {
+            let (term, index) = (wire.term, wire.index);
+            match decode_entry(wire) {
+                Err(WireError::BadStoredBatch {
+                    term: t,
+                    index: i,
+                    detail,
+                }) => {
+                    assert_eq!((t, i), (term, index));
+                    assert!(
+                        detail.to_lowercase().contains(needle),
+                        "{detail:?} should name {needle:?}"
+                    );
+                }
+                other => panic!("{needle}: {other:?}"),
+            }
         }
     }
 

@@ -146,6 +146,25 @@ pub fn encode_records_body(base_offset: Offset, count: u32, body: &[u8], meta: B
     seal(buf)
 }
 
+/// Seals a batch around a records body that was built with [`HEADER_BYTES`] of room in front
+/// of it (`buf` = room + body): the header is written into the room and the CRC computed, so
+/// the body is never copied. See [`check_records_body`], which the caller must have run.
+pub fn encode_in_place(
+    mut buf: BytesMut,
+    base_offset: Offset,
+    count: u32,
+    meta: BatchMeta,
+) -> Bytes {
+    assert!(buf.len() >= HEADER_BYTES, "no room for a header");
+    let len = buf.len();
+    let body = buf.split_off(HEADER_BYTES);
+    buf.clear();
+    put_header(&mut buf, 0, len, base_offset, count, meta);
+    // Still one allocation: the header went into the room, so this is O(1).
+    buf.unsplit(body);
+    seal(buf)
+}
+
 /// Encodes a control batch (no records) carrying an opaque payload, e.g. a Raft membership
 /// entry. It occupies no offset: `base_offset` is the offset of the next record.
 pub fn encode_control(base_offset: Offset, payload: &[u8], meta: BatchMeta) -> Bytes {
@@ -433,6 +452,23 @@ mod tests {
         assert_eq!(got[0], (Offset(7), Bytes::from_static(b"hello")));
         assert_eq!(got[1], (Offset(8), Bytes::new()));
         assert_eq!(got[2], (Offset(9), Bytes::from_static(b"world!")));
+    }
+
+    #[test]
+    fn a_batch_sealed_in_place_is_the_same_batch_and_its_body_is_not_moved() {
+        let body = [&3u32.to_le_bytes()[..], b"abc", &0u32.to_le_bytes()].concat();
+        let mut buf = BytesMut::zeroed(HEADER_BYTES);
+        buf.extend_from_slice(&body);
+        let body_at = buf[HEADER_BYTES..].as_ptr();
+        let sealed = encode_in_place(buf, Offset(11), 2, meta());
+        assert_eq!(sealed, encode_records_body(Offset(11), 2, &body, meta()));
+        assert_eq!(
+            sealed[HEADER_BYTES..].as_ptr(),
+            body_at,
+            "the body was copied"
+        );
+        let batch = Batch::parse(sealed).unwrap();
+        assert_eq!((batch.base_offset(), batch.record_count()), (Offset(11), 2));
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Record {
 /// An append whose offsets are assigned; [`AppendTicket::durable`] waits for its ack.
 pub struct AppendTicket {
     base: Offset,
+    /// The batch as queued (and as it will sit in the segment).
+    batch: Bytes,
     done: crate::sync::OneshotReceiver<Result<Offset>>,
 }
 
@@ -103,6 +105,12 @@ impl AppendTicket {
     /// The offset the batch's first record got (valid only if the append succeeds).
     pub fn base_offset(&self) -> Offset {
         self.base
+    }
+
+    /// The batch exactly as it is written: header (with the assigned base offset and the
+    /// CRC) and records. A cheap clone of the queued bytes.
+    pub fn batch(&self) -> Batch {
+        Batch::from_encoded(self.batch.clone())
     }
 
     /// Resolves with the base offset once the batch is durable, or with why it failed.
@@ -553,6 +561,69 @@ impl Log {
             .await
     }
 
+    /// Queues a records body built with [`format::HEADER_BYTES`] of room in front of it
+    /// (`buf` = room + `count` records): the header is written into the room, so the records
+    /// are not copied again on their way to the write buffer.
+    pub async fn submit_in_place(
+        &self,
+        count: u32,
+        buf: bytes::BytesMut,
+        meta: BatchMeta,
+    ) -> Result<AppendTicket> {
+        if count == 0 {
+            return Err(Error::InvalidArgument(
+                "a batch needs at least one record".into(),
+            ));
+        }
+        let body = buf.get(format::HEADER_BYTES..).ok_or_else(|| {
+            Error::InvalidArgument("no room for a batch header before the records".into())
+        })?;
+        format::check_records_body(count, body)
+            .map_err(|e| Error::InvalidArgument(format!("records body: {e}")))?;
+        let len = buf.len();
+        self.shared
+            .enqueue(len, meta, count as u64, |base| {
+                format::encode_in_place(buf, base, count, meta)
+            })
+            .await
+    }
+
+    /// Queues a records batch that is already encoded and checked (a [`Batch`] is parsed,
+    /// CRC included, or made by this process), e.g. the leader's copy of a Raft entry as it
+    /// arrived in AppendEntries: when its header names the offset it gets here, its bytes go to
+    /// disk unchanged, with no copy and no second CRC. A batch whose base offset differs (it
+    /// never should on a Raft follower, whose offsets follow the leader's) is encoded again
+    /// with the offset it gets here, the rest of its header kept.
+    pub async fn submit_stored(&self, batch: &Batch) -> Result<AppendTicket> {
+        if batch.is_control() || batch.record_count() == 0 {
+            return Err(Error::InvalidArgument(
+                "a records batch needs at least one record".into(),
+            ));
+        }
+        let header = *batch.header();
+        let len = batch.len();
+        let bytes = batch.bytes().clone();
+        self.shared
+            .enqueue(len, header.meta, u64::from(header.record_count), |base| {
+                if base == header.base_offset {
+                    return bytes;
+                }
+                log::warn!(
+                    "{}: a batch for offset {} lands at {}; encoding it again",
+                    self.shared.dir.display(),
+                    header.base_offset,
+                    base
+                );
+                format::encode_records_body(
+                    base,
+                    header.record_count,
+                    &bytes[format::HEADER_BYTES..],
+                    header.meta,
+                )
+            })
+            .await
+    }
+
     /// Makes a failed write stop the log (every later append fails with
     /// [`Error::Stopped`] until it is reopened), as a failed `fdatasync` does, instead of
     /// handing the failed batches' offsets out again. A Raft log needs this: the entries
@@ -887,6 +958,7 @@ impl Shared {
                 let (tx, rx) = oneshot();
                 st.next_offset = next;
                 st.queue_bytes += len;
+                let queued = batch.clone();
                 st.queue.push_back(Pending {
                     batch,
                     base,
@@ -895,7 +967,11 @@ impl Shared {
                     raft_index: meta.raft_index,
                     done: tx,
                 });
-                return Ok(Some(AppendTicket { base, done: rx }));
+                return Ok(Some(AppendTicket {
+                    base,
+                    batch: queued,
+                    done: rx,
+                }));
             }
         }
         Ok(None)
