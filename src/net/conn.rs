@@ -58,6 +58,8 @@ pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const LEAVE_HAND_OFF_MS: u64 = 3_000;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Frames at least this large get a read buffer of their own (see `Connection::read_loop`).
+const OWN_BUFFER_MIN_BYTES: usize = 64 << 10;
 /// Consume/subscribe responses are capped below the frame limit by this much headroom.
 const RESPONSE_OVERHEAD_BYTES: usize = 64 << 10;
 /// Default `max_bytes` of a consume or subscribe that gives 0.
@@ -243,24 +245,45 @@ impl Connection {
                     }
                 }
             }
-            let read =
-                futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
-                    // Clients stop being read when the shutdown begins; peers only once the
-                    // Raft groups have stopped.
-                    if self.kind == ConnKind::Peer {
-                        let seen = self.shard.peers_stop.generation();
-                        if !self.shard.peers_stopped() {
-                            self.shard.peers_stop.wait(seen).await;
-                        }
-                    } else {
-                        let seen = self.shard.shutdown.generation();
-                        if !self.shard.is_shutting_down() {
-                            self.shard.shutdown.wait(seen).await;
-                        }
+            // A large frame is read into a buffer of exactly its size, and no read goes past
+            // its end. Its bytes may live long after it is handled (a follower's log keeps the
+            // leader's batches, slices of the frame, in its tail cache); in the shared read
+            // buffer that forced a new allocation, and a copy of what was buffered, on almost
+            // every read.
+            let limit = match decoder.incomplete_frame_bytes(&buf) {
+                Some(total) if total >= OWN_BUFFER_MIN_BYTES => {
+                    if buf.capacity() < total {
+                        let mut own = BytesMut::with_capacity(total);
+                        own.extend_from_slice(&buf);
+                        buf = own;
                     }
-                    None
-                })
-                .await;
+                    (total - buf.len()).min(READ_CHUNK_BYTES)
+                }
+                _ => {
+                    if buf.capacity() == 0 {
+                        buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+                    }
+                    READ_CHUNK_BYTES
+                }
+            };
+            let chunk = &mut chunk[..limit];
+            let read = futures_lite::future::or(async { Some(reader.read(chunk).await) }, async {
+                // Clients stop being read when the shutdown begins; peers only once the
+                // Raft groups have stopped.
+                if self.kind == ConnKind::Peer {
+                    let seen = self.shard.peers_stop.generation();
+                    if !self.shard.peers_stopped() {
+                        self.shard.peers_stop.wait(seen).await;
+                    }
+                } else {
+                    let seen = self.shard.shutdown.generation();
+                    if !self.shard.is_shutting_down() {
+                        self.shard.shutdown.wait(seen).await;
+                    }
+                }
+                None
+            })
+            .await;
             match read {
                 Some(Ok(0)) | Some(Err(_)) | None => return,
                 Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
