@@ -626,6 +626,11 @@ fn a_stored_batch_is_written_byte_for_byte_when_its_offset_matches_and_re_encode
         let ticket = log.submit_stored(&first).await.unwrap();
         assert_eq!(ticket.base_offset(), Offset(0));
         assert_eq!(ticket.batch().bytes(), first.bytes(), "queued unchanged");
+        assert_eq!(
+            ticket.batch().bytes().as_ptr(),
+            first.bytes().as_ptr(),
+            "queued without a copy"
+        );
         ticket.durable().await.unwrap();
         // Names offset 5, lands at 2.
         let elsewhere =

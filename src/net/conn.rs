@@ -58,8 +58,9 @@ pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 const LEAVE_HAND_OFF_MS: u64 = 3_000;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-/// Frames at least this large get a read buffer of their own (see `Connection::read_loop`).
-const OWN_BUFFER_MIN_BYTES: usize = 64 << 10;
+/// Frames at least this large get a read buffer of their own (see `Connection::read_loop`);
+/// smaller ones share one, which whatever is kept of them keeps alive.
+pub(crate) const OWN_BUFFER_MIN_BYTES: usize = 64 << 10;
 /// Consume/subscribe responses are capped below the frame limit by this much headroom.
 const RESPONSE_OVERHEAD_BYTES: usize = 64 << 10;
 /// Default `max_bytes` of a consume or subscribe that gives 0.

@@ -404,6 +404,8 @@ async fn submit(log: &Log, entry: &mut Entry) -> crate::Result<crate::storage::A
             } else if let Some(room) = d.unsealed.take() {
                 // A produce on the leader: seal the batch around the records in place, once
                 // the body no longer shares the buffer (openraft did not clone the entry).
+                // (If the append then fails, the entry is dropped with it: openraft stops the
+                // group on a storage error, so the emptied body is never read.)
                 d.body = bytes::Bytes::new();
                 match room.try_into_mut() {
                     Ok(buf) => log.submit_in_place(d.count, buf, meta).await?,
@@ -863,19 +865,43 @@ mod tests {
             assert_eq!(leader.body, sealed.body());
             assert_eq!(sealed.header().meta.raft_index, 1);
 
-            // A batch as a follower receives it: the leader's bytes, for index 2.
+            // An entry whose buffer is shared (a clone of it lives) is copied instead, and the
+            // clone keeps its records.
+            let records = RecordBatch::from_values(&[b"four".as_slice()], 1_500);
+            let mut cloned = Entry::new_normal(log_id(2, 3), records);
+            let keep = cloned.clone();
+            submit(&log, &mut cloned)
+                .await
+                .unwrap()
+                .durable()
+                .await
+                .unwrap();
+            let (EntryPayload::Normal(copied), EntryPayload::Normal(kept)) =
+                (&cloned.payload, &keep.payload)
+            else {
+                unreachable!()
+            };
+            assert_eq!(copied.body, kept.body);
+            assert_ne!(
+                copied.body.as_ptr(),
+                kept.body.as_ptr(),
+                "a shared buffer was sealed"
+            );
+            assert_eq!(&kept.body[4..], b"four");
+
+            // A batch as a follower receives it: the leader's bytes, for index 4.
             let theirs = crate::storage::format::encode_batch(
-                Offset(2),
+                Offset(3),
                 &[b"three".as_slice()],
                 BatchMeta {
                     timestamp_ms: 2_000,
                     term: 2,
-                    raft_index: 2,
+                    raft_index: 4,
                 },
             );
             let theirs = Batch::parse(theirs).unwrap();
             let mut replicated = Entry::new_normal(
-                log_id(2, 2),
+                log_id(2, 4),
                 RecordBatch {
                     timestamp_ms: 2_000,
                     count: 1,
@@ -885,17 +911,19 @@ mod tests {
                     unsealed: None,
                 },
             );
-            submit(&log, &mut replicated)
-                .await
-                .unwrap()
-                .durable()
-                .await
-                .unwrap();
-            let on_disk = log.read_raft(1, 1 << 20).await.unwrap();
-            assert_eq!(on_disk.len(), 2);
-            assert_eq!(on_disk[0].bytes(), sealed.bytes());
+            let ticket = submit(&log, &mut replicated).await.unwrap();
             assert_eq!(
-                on_disk[1].bytes(),
+                ticket.batch().bytes().as_ptr(),
+                theirs.bytes().as_ptr(),
+                "the leader's batch was encoded again"
+            );
+            ticket.durable().await.unwrap();
+            let on_disk = log.read_raft(1, 1 << 20).await.unwrap();
+            assert_eq!(on_disk.len(), 3);
+            assert_eq!(on_disk[0].bytes(), sealed.bytes());
+            assert_eq!(on_disk[1].body(), copied.body);
+            assert_eq!(
+                on_disk[2].bytes(),
                 theirs.bytes(),
                 "the leader's bytes, unchanged"
             );

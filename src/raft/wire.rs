@@ -186,7 +186,16 @@ pub fn decode_entry(wire: proto::RaftEntry) -> Result<Entry, WireError> {
                 index: wire.index,
                 detail,
             };
-            let batch = Batch::parse(wire.batch.clone()).map_err(|e| bad(e.to_string()))?;
+            // A follower's log keeps the batch (in its tail cache). One smaller than
+            // OWN_BUFFER_MIN_BYTES may sit in the read buffer the connection shares among
+            // frames, which it would keep alive unseen by the cache's byte count: it gets
+            // bytes of its own. A larger one came in a frame with its own buffer.
+            let bytes = if wire.batch.len() < crate::net::conn::OWN_BUFFER_MIN_BYTES {
+                Bytes::copy_from_slice(&wire.batch)
+            } else {
+                wire.batch.clone()
+            };
+            let batch = Batch::parse(bytes).map_err(|e| bad(e.to_string()))?;
             let header = *batch.header();
             if batch.len() != wire.batch.len() {
                 return Err(bad(format!(
@@ -906,39 +915,49 @@ mod tests {
 
     #[test]
     fn a_stored_batch_travels_whole_and_arrives_as_the_same_records_sharing_the_frame() {
-        let entry = stored(3, 9, &[b"one", b"", &[7; 200]]);
-        let EntryPayload::Normal(sent) = &entry.payload else {
-            unreachable!()
-        };
-        let wire = encode_entry(&entry);
-        assert_eq!(wire.kind, proto::RaftEntryKind::StoredBatch as i32);
-        assert!(
-            wire.body.is_empty(),
-            "the records travel once, inside the batch"
-        );
-        let bytes = Bytes::from(wire.encode_to_vec());
-        let decoded = decode_entry(proto::RaftEntry::decode(bytes.clone()).unwrap()).unwrap();
-        assert_eq!(decoded.log_id, entry.log_id);
-        let EntryPayload::Normal(got) = &decoded.payload else {
-            panic!("not a normal entry: {decoded:?}")
-        };
-        assert_eq!(
-            (got.timestamp_ms, got.count, &got.body),
-            (sent.timestamp_ms, sent.count, &sent.body)
-        );
-        assert_eq!(got.base_offset, None, "base_offset is not replicated");
-        let got_batch = got.stored.as_ref().expect("arrives with its stored form");
-        assert_eq!(
-            got_batch.bytes(),
-            sent.stored.as_ref().unwrap().bytes(),
-            "byte for byte"
-        );
-        let frame = bytes.as_ptr_range();
-        assert!(
-            frame.contains(&got_batch.bytes().as_ptr()),
-            "the batch was copied"
-        );
-        assert!(frame.contains(&got.body.as_ptr()), "the body was copied");
+        let big = vec![7u8; crate::net::conn::OWN_BUFFER_MIN_BYTES];
+        // A small batch gets bytes of its own (the frame may sit in a shared read buffer); a
+        // large one (its frame has a buffer of its own) shares the frame.
+        for (values, shares) in [
+            (vec![&b"one"[..], b"", &[7; 200]], false),
+            (vec![&b"one"[..], &big], true),
+        ] {
+            let entry = stored(3, 9, &values);
+            let EntryPayload::Normal(sent) = &entry.payload else {
+                unreachable!()
+            };
+            let wire = encode_entry(&entry);
+            assert_eq!(wire.kind, proto::RaftEntryKind::StoredBatch as i32);
+            assert!(
+                wire.body.is_empty(),
+                "the records travel once, inside the batch"
+            );
+            let bytes = Bytes::from(wire.encode_to_vec());
+            let decoded = decode_entry(proto::RaftEntry::decode(bytes.clone()).unwrap()).unwrap();
+            assert_eq!(decoded.log_id, entry.log_id);
+            let EntryPayload::Normal(got) = &decoded.payload else {
+                panic!("not a normal entry: {decoded:?}")
+            };
+            assert_eq!(
+                (got.timestamp_ms, got.count, &got.body),
+                (sent.timestamp_ms, sent.count, &sent.body)
+            );
+            assert_eq!(got.base_offset, None, "base_offset is not replicated");
+            let got_batch = got.stored.as_ref().expect("arrives with its stored form");
+            assert_eq!(
+                got_batch.bytes(),
+                sent.stored.as_ref().unwrap().bytes(),
+                "byte for byte"
+            );
+            let frame = bytes.as_ptr_range();
+            let len = got_batch.len();
+            assert_eq!(
+                frame.contains(&got_batch.bytes().as_ptr()),
+                shares,
+                "a batch of {len} bytes: shares the frame"
+            );
+            assert_eq!(frame.contains(&got.body.as_ptr()), shares, "{len} bytes");
+        }
     }
 
     #[test]
@@ -990,6 +1009,21 @@ mod tests {
             (
                 proto::RaftEntry {
                     batch: control,
+                    ..good.clone()
+                },
+                "no records",
+            ),
+            (
+                proto::RaftEntry {
+                    batch: crate::storage::format::encode_batch::<&[u8]>(
+                        crate::Offset(40),
+                        &[],
+                        crate::storage::BatchMeta {
+                            timestamp_ms: 1,
+                            term: 3,
+                            raft_index: 9,
+                        },
+                    ),
                     ..good.clone()
                 },
                 "no records",
