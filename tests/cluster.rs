@@ -1283,10 +1283,9 @@ fn writes_in_flight_on_a_leader_stopped_by_sigterm_are_answered_promptly() {
     }
 }
 
-/// The test harness itself: a cut proxy closes what it forwards and refuses new connections,
-/// `refuse_from` singles out one process, and healing restores forwarding.
-#[test]
-fn the_test_proxy_forwards_cuts_and_heals() {
+/// A TCP server on loopback that echoes what each connection sends (for the proxy's own
+/// tests); its address.
+fn start_echo_server() -> std::net::SocketAddr {
     use std::io::{Read, Write};
     let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = echo.local_addr().unwrap();
@@ -1303,6 +1302,15 @@ fn the_test_proxy_forwards_cuts_and_heals() {
             });
         }
     });
+    target
+}
+
+/// The test harness itself: a cut proxy closes what it forwards and refuses new connections,
+/// `refuse_from` singles out one process, and healing restores forwarding.
+#[test]
+fn the_test_proxy_forwards_cuts_and_heals() {
+    use std::io::{Read, Write};
+    let target = start_echo_server();
     let proxy = Proxy::start(target);
     let echoes = |stream: &mut std::net::TcpStream| -> bool {
         stream
@@ -1337,21 +1345,7 @@ fn the_test_proxy_forwards_cuts_and_heals() {
 #[test]
 fn the_test_proxy_stalls_open_connections_silently_and_forwards_new_ones() {
     use std::io::{Read, Write};
-    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = echo.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in echo.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let target = start_echo_server();
     let proxy = Proxy::start(target);
     let connect = || {
         let stream = std::net::TcpStream::connect(proxy.addr()).unwrap();

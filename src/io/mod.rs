@@ -873,6 +873,18 @@ pub(crate) fn run_test_executor<F: std::future::Future<Output = ()>>(f: F) {
         .run(f);
 }
 
+/// A fresh directory for unit test `name` under the repository's `target/` (a real
+/// filesystem: tmpfs rejects O_DIRECT), unique to this process.
+#[cfg(test)]
+pub(crate) fn unit_test_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tmp/corelog-unit")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("unit test directory");
+    dir
+}
+
 #[cfg(test)]
 mod write_file_atomic_tests {
     use super::*;
@@ -882,11 +894,7 @@ mod write_file_atomic_tests {
     /// failure names the path.
     #[test]
     fn the_file_holds_exactly_the_last_contents_written() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/tmp/corelog-unit")
-            .join(format!("write-file-atomic-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = unit_test_dir("write-file-atomic");
         let path = dir.join("meta");
         let check_dir = dir.clone();
         run_test_executor(async move {

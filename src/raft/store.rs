@@ -824,22 +824,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
-    fn unit_dir(name: &str) -> PathBuf {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/tmp/corelog-unit")
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// The records of a produce are copied once on the leader, into the buffer the batch is
     /// sealed in; a follower writes the leader's stored batch as it arrived. Both entries leave
     /// `submit` carrying their stored form (what replication then sends), and the log holds
     /// exactly those bytes.
     #[test]
     fn a_produce_is_sealed_in_place_and_a_replicated_batch_is_stored_unchanged() {
-        let dir = unit_dir("store-submit");
+        let dir = crate::io::unit_test_dir("store-submit");
         crate::io::run_test_executor(async move {
             let log = Log::open(&dir, crate::storage::LogConfig::default())
                 .await

@@ -1343,16 +1343,6 @@ mod tests {
             .run(fut)
     }
 
-    /// A fresh directory under the repository's `target/` (a real filesystem, not tmpfs).
-    fn test_dir(name: &str) -> PathBuf {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("target/tmp/corelog-unit")
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// A store of `count` one-record batches from `base` on (a control batch first when
     /// `control`), and a dense index of it. Returns the store bytes.
     fn write_segment(dir: &Path, base: u64, count: u64, control: bool) -> Vec<u8> {
@@ -1389,7 +1379,7 @@ mod tests {
 
     #[test]
     fn a_healthy_hand_made_partition_counts_batches_records_and_control_batches() {
-        let dir = test_dir("check-healthy");
+        let dir = crate::io::unit_test_dir("check-healthy");
         write_segment(&dir, 100, 5, true);
         let last = write_segment(&dir, 105, 3, false);
         let report = run(check_partition(&dir)).unwrap();
@@ -1412,7 +1402,7 @@ mod tests {
 
     #[test]
     fn a_gap_between_segments_is_an_error_on_the_earlier_one() {
-        let dir = test_dir("check-gap");
+        let dir = crate::io::unit_test_dir("check-gap");
         let first = write_segment(&dir, 0, 4, false);
         write_segment(&dir, 6, 2, false);
         let report = run(check_partition(&dir)).unwrap();
@@ -1429,7 +1419,7 @@ mod tests {
 
     #[test]
     fn a_zeroed_hole_in_the_last_segment_before_valid_data_is_an_error() {
-        let dir = test_dir("check-hole");
+        let dir = crate::io::unit_test_dir("check-hole");
         let mut store = write_segment(&dir, 0, 6, false);
         let batch = store.len() / 6;
         store[2 * batch..3 * batch].fill(0);
@@ -1448,7 +1438,7 @@ mod tests {
 
     #[test]
     fn index_damage_with_valid_checksums_is_a_warning() {
-        let dir = test_dir("check-index-lies");
+        let dir = crate::io::unit_test_dir("check-index-lies");
         write_segment(&dir, 0, 3, false);
         // A self-consistent index (good CRC, ordered) whose second entry has the wrong offset.
         let mut index = Index::new(Offset(0));
@@ -1473,7 +1463,7 @@ mod tests {
 
     #[test]
     fn orphan_index_missing_index_marker_and_foreign_files_are_reported_not_fatal() {
-        let dir = test_dir("check-odd-files");
+        let dir = crate::io::unit_test_dir("check-odd-files");
         write_segment(&dir, 0, 2, false);
         write_segment(&dir, 2, 2, false);
         std::fs::remove_file(index_path(&dir, Offset(2))).unwrap();
@@ -1502,7 +1492,7 @@ mod tests {
 
     #[test]
     fn an_empty_directory_is_an_empty_partition_but_not_a_data_directory() {
-        let dir = test_dir("check-empty");
+        let dir = crate::io::unit_test_dir("check-empty");
         let report = run(check_partition(&dir)).unwrap();
         assert_eq!(report.status, Status::Ok);
         assert!(report.segments.is_empty() && report.other_files.is_empty());
@@ -1522,7 +1512,7 @@ mod tests {
 
     #[test]
     fn data_directory_partitions_are_checked_in_numeric_order() {
-        let dir = test_dir("check-data-dir-order");
+        let dir = crate::io::unit_test_dir("check-data-dir-order");
         for p in ["10", "2", "0"] {
             let part = dir.join(PARTITIONS_DIR).join(p);
             std::fs::create_dir_all(&part).unwrap();
