@@ -217,6 +217,59 @@ fn a_produce_frame_of_exactly_the_size_limit_is_accepted() {
     assert_still_serves(&node, &mut acked, "after-frame-at-limit");
 }
 
+/// However a client's bytes arrive, the node reassembles its frames: a produce larger than 64
+/// KiB (the size at which a frame gets a read buffer of its own) whose 9-byte header comes in
+/// two pieces and its body in more, then a small produce and another large one that arrive in
+/// one write behind the end of the first. All three are acknowledged in order, at consecutive
+/// offsets, and read back intact.
+#[test]
+fn large_and_small_frames_split_anywhere_are_reassembled_in_order() {
+    let node = TestNode::start("frame-pieces", &["--partitions", "1"]);
+    let mut acked = seed_records(&node, 1, "before");
+    let mut conn = node.raw(0);
+    let values = [
+        (11, Bytes::from(vec![b'a'; 100_000])),
+        (12, Bytes::from_static(b"small")),
+        (13, Bytes::from(vec![b'b'; 70_000])),
+    ];
+    let mut bytes = bytes::BytesMut::new();
+    for (corr, value) in &values {
+        produce_bytes(value.clone()).encode(*corr, &mut bytes);
+    }
+    // 3 and 4 bytes of the first header, then uneven pieces of its body; the rest (its end,
+    // the small frame and the second large one) in one write.
+    let mut from = 0;
+    for to in [3, 7, 20_007, 20_008, 60_000, bytes.len()] {
+        conn.write_bytes(&bytes[from..to]).expect("write a piece");
+        from = to;
+        // Not a bound: lets the node read each piece on its own.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut last = None;
+    for (corr, value) in values {
+        let (got, response) = conn.recv();
+        assert_eq!(got, corr, "answers in request order");
+        let offset = produced(response);
+        if let Some(last) = last {
+            assert_eq!(offset, last + 1, "consecutive offsets");
+        }
+        last = Some(offset);
+        acked.push(Acked {
+            partition: 0,
+            offset,
+            value,
+        });
+    }
+    assert_still_serves(&node, &mut acked, "after-pieces");
+}
+
+fn produce_bytes(value: Bytes) -> Request {
+    Request::Produce(ProduceRequest {
+        partition: 0,
+        records: vec![value],
+    })
+}
+
 #[test]
 fn a_truncated_frame_then_eof_closes_the_connection_and_appends_nothing() {
     let node = TestNode::start("truncated-frame", &["--partitions", "1"]);
