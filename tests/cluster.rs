@@ -404,12 +404,7 @@ fn killing_the_leader_under_load_loses_no_acknowledged_record() {
     // Election timers well above the takeover's time (two heartbeats and a vote), so that a
     // timer election on a loaded machine does not win the race and leave no takeover to count.
     let mut cluster = start_cluster(
-        new_cluster("cluster_kill_leader").with_args(&[
-            "--raft-election-min-ms",
-            "1500",
-            "--raft-election-max-ms",
-            "2000",
-        ]),
+        new_cluster("cluster_kill_leader").with_election_ms(1_500, 2_000),
         3,
     );
     let all = cluster.ids();
@@ -482,12 +477,7 @@ fn killing_the_leader_under_load_loses_no_acknowledged_record() {
 #[test]
 fn a_killed_leader_is_replaced_before_any_election_timer_fires() {
     let mut cluster = start_cluster(
-        new_cluster("cluster_takeover").with_args(&[
-            "--raft-election-min-ms",
-            "10000",
-            "--raft-election-max-ms",
-            "12000",
-        ]),
+        new_cluster("cluster_takeover").with_election_ms(10_000, 12_000),
         3,
     );
     let all = cluster.ids();
@@ -1044,12 +1034,7 @@ fn a_silent_connection_to_an_idle_follower_is_re_dialed() {
         Cluster::new("cluster_silent_follower", 1)
             .with_proxies()
             .with_replication_factor(3)
-            .with_args(&[
-                "--raft-election-min-ms",
-                "10000",
-                "--raft-election-max-ms",
-                "12000",
-            ]),
+            .with_election_ms(10_000, 12_000),
         3,
     );
     let all = cluster.ids();

@@ -290,6 +290,15 @@ fn a_truncated_frame_then_eof_closes_the_connection_and_appends_nothing() {
     conn.close_write();
     assert!(matches!(conn.expect_end(), Ending::Closed));
 
+    // And a frame large enough for a read buffer of its own (over 64 KiB), cut short.
+    let mut large = bytes::BytesMut::new();
+    produce_bytes(Bytes::from(vec![b't'; 100_000])).encode(6, &mut large);
+    let mut conn = node.raw(0);
+    conn.write_bytes(&large[..70_000])
+        .expect("send most of a large frame");
+    conn.close_write();
+    assert!(matches!(conn.expect_end(), Ending::Closed));
+
     assert_still_serves(&node, &mut acked, "after-truncated");
     let config = node.client_config("client");
     let stored = common::run(|| async move {

@@ -342,6 +342,9 @@ pub fn encode_frame(kind: FrameKind, correlation_id: u32, body: &impl Message, d
 /// Entry bodies at least this large go out as pieces of their own (see
 /// [`Request::encode_pieces`]); smaller ones are copied with the rest of the frame.
 pub const SHARED_BODY_MIN_BYTES: usize = crate::net::write::COALESCE_BELOW_BYTES;
+/// `RaftEntry`'s field numbers of `body` and `batch` (proto/corelog.proto).
+const ENTRY_BODY_FIELD: u32 = 6;
+const ENTRY_BATCH_FIELD: u32 = 8;
 
 /// An AppendEntries frame as pieces whose concatenation is exactly what [`encode_frame`]
 /// writes (prost's field order: fields 1–4, each entry of field 5, field 6), with every
@@ -374,10 +377,11 @@ fn encode_append_pieces(correlation_id: u32, m: &RaftAppendRequest) -> Vec<Bytes
     head.encode(&mut buf)
         .expect("BytesMut grows to fit any message");
     for entry in &m.entries {
-        let Some((field, shared, rest)) = shared_tail(entry) else {
+        let Some((field, shared)) = shared_tail(entry) else {
             message::encode(ENTRIES_FIELD, entry, &mut buf);
             continue;
         };
+        let rest = without_tail(entry, field);
         let shared_field = prost::encoding::key_len(field)
             + encoded_len_varint(shared.len() as u64)
             + shared.len();
@@ -400,29 +404,26 @@ fn encode_append_pieces(correlation_id: u32, m: &RaftAppendRequest) -> Vec<Bytes
     pieces
 }
 
-/// The entry's last encoded field, when it is records worth sharing: its field number, its
-/// bytes, and the entry without it. prost writes fields in number order and skips empty ones,
-/// so `batch` (8) is last when set, and `body` (6) when `membership_json` (7) and `batch` are
-/// empty.
-fn shared_tail(e: &crate::proto::RaftEntry) -> Option<(u32, &Bytes, crate::proto::RaftEntry)> {
-    const BODY_FIELD: u32 = 6;
-    const BATCH_FIELD: u32 = 8;
+/// The entry's last encoded field, when it is records worth sharing: its field number and
+/// its bytes. prost writes fields in number order and skips empty ones, so `batch` (8) is last
+/// when set, and `body` (6) when `membership_json` (7) and `batch` are empty.
+fn shared_tail(e: &crate::proto::RaftEntry) -> Option<(u32, &Bytes)> {
     if !e.batch.is_empty() {
-        return (e.batch.len() >= SHARED_BODY_MIN_BYTES).then(|| {
-            let rest = crate::proto::RaftEntry {
-                batch: Bytes::new(),
-                ..e.clone()
-            };
-            (BATCH_FIELD, &e.batch, rest)
-        });
+        return (e.batch.len() >= SHARED_BODY_MIN_BYTES).then_some((ENTRY_BATCH_FIELD, &e.batch));
     }
-    (e.body.len() >= SHARED_BODY_MIN_BYTES && e.membership_json.is_empty()).then(|| {
-        let rest = crate::proto::RaftEntry {
-            body: Bytes::new(),
-            ..e.clone()
-        };
-        (BODY_FIELD, &e.body, rest)
-    })
+    (e.body.len() >= SHARED_BODY_MIN_BYTES && e.membership_json.is_empty())
+        .then_some((ENTRY_BODY_FIELD, &e.body))
+}
+
+/// `e` without its shared tail field (`field`, from [`shared_tail`]).
+fn without_tail(e: &crate::proto::RaftEntry, field: u32) -> crate::proto::RaftEntry {
+    let mut rest = e.clone();
+    if field == ENTRY_BATCH_FIELD {
+        rest.batch = Bytes::new();
+    } else {
+        rest.body = Bytes::new();
+    }
+    rest
 }
 
 /// A request body, decoded by its frame kind.

@@ -4,7 +4,8 @@
 //! Encoding cannot fail: every openraft value has a message. Decoding reads bytes another node
 //! sent, so it never panics and never trusts a field: a required field that is absent, an enum
 //! value this build does not know, a membership that is not valid JSON or not a valid
-//! membership, or a normal entry whose body is not exactly `count` records, is a
+//! membership, a normal entry whose body is not exactly `count` records, or a stored batch
+//! that is damaged or names another entry, is a
 //! [`WireError`]. The receiver answers such a request with BAD_REQUEST; the Raft group is not
 //! touched, so a bad message cannot stop it.
 //!
@@ -18,7 +19,9 @@
 //! - A `RecordBatch` that carries its stored form (read from the sender's log or queued to
 //!   it) is sent as that batch (kind STORED_BATCH), header and CRC included; the receiver
 //!   checks the CRC, the records and that the header names the entry, and its log writes
-//!   those bytes unchanged. The batch is shared with the frame on both sides, not copied.
+//!   those bytes unchanged. The sender shares the batch with the frame; the receiver does too
+//!   for a batch of at least `OWN_BUFFER_MIN_BYTES` (64 KiB) and copies a smaller one, which
+//!   would otherwise pin the connection's shared read buffer from its log's tail cache.
 
 use bytes::Bytes;
 use openraft::raft::TransferLeaderError;

@@ -105,6 +105,16 @@ impl Cluster {
         self
     }
 
+    /// Election timeouts of every node (`--raft-election-min-ms`, `--raft-election-max-ms`).
+    pub fn with_election_ms(self, min: u64, max: u64) -> Cluster {
+        self.with_args(&[
+            "--raft-election-min-ms",
+            &min.to_string(),
+            "--raft-election-max-ms",
+            &max.to_string(),
+        ])
+    }
+
     /// More flags for every node (after the cluster's own).
     pub fn with_args(mut self, args: &[&str]) -> Cluster {
         self.args.extend(args.iter().map(|a| a.to_string()));
