@@ -999,6 +999,77 @@ fn a_partitioned_leader_cannot_ack_writes_and_rejoins_with_the_majority_log() {
     }
 }
 
+/// Fault model: a clean network partition of a follower, long enough for many election
+/// timeouts. The node cut off (one that leads no partition) hears no leader, so its timers
+/// fire again and again; with Pre-Vote it asks the voters whether they would elect it before
+/// it raises its term, and nobody answers. When the network heals, its term is the one it had,
+/// so nothing it sends deposes the leaders the majority kept: every partition keeps its leader
+/// and term, on every node, and the follower catches up on what was written meanwhile.
+///
+/// Without Pre-Vote the isolated node raised its term at each timeout (about ten times here);
+/// the first heartbeat answer carrying that term after healing made the leader step down and
+/// the partition stopped taking writes until a new election.
+#[test]
+fn an_isolated_follower_rejoins_without_deposing_any_leader() {
+    let cluster = start_cluster(new_cluster("cluster_rejoin").with_proxies(), 3);
+    let all = cluster.ids();
+    let mut acked = produce(&cluster.client(), "before-cut", 5, 10);
+    let leaders: Vec<u64> = (0..PARTITIONS)
+        .map(|p| cluster.wait_for_leader(p, &all, None))
+        .collect();
+    let isolated = all
+        .iter()
+        .copied()
+        .find(|id| !leaders.contains(id))
+        .expect("three nodes and two partitions: one node leads none");
+    let majority: Vec<u64> = all.iter().copied().filter(|id| *id != isolated).collect();
+    let terms = |id: u64| -> Vec<u64> {
+        let doc = cluster.node(id).stats_json();
+        (0..PARTITIONS)
+            .map(|p| {
+                doc["raft"][p.to_string()]["term"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("node {id} reports no term for p{p}: {doc}"))
+            })
+            .collect()
+    };
+    let before: Vec<u64> = (0..PARTITIONS as usize)
+        .map(|p| terms(leaders[p])[p])
+        .collect();
+
+    cluster.isolate(isolated);
+    // Ten or more election timeouts (250-500 ms) pass on the isolated node.
+    let cut = Instant::now();
+    merge(
+        &mut acked,
+        produce(&cluster.client_of(&majority), "majority", 5, 10),
+    );
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(cut.elapsed()));
+    assert_eq!(
+        terms(isolated),
+        before,
+        "node {isolated}, cut off from its peers, raised its term"
+    );
+    cluster.heal();
+
+    merge(&mut acked, produce(&cluster.client(), "healed", 5, 10));
+    assert_replicas_agree(&cluster, &all, &acked);
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            cluster.wait_for_leader(p, &all, None),
+            leaders[p as usize],
+            "p{p} changed leader after node {isolated} rejoined"
+        );
+    }
+    for id in &all {
+        assert_eq!(
+            terms(*id),
+            before,
+            "node {id}: a partition changed term after node {isolated} rejoined"
+        );
+    }
+}
+
 /// A connection from the leader to a follower that goes silent without closing is replaced
 /// while the cluster is idle, on heartbeat timeouts alone.
 ///
@@ -1021,13 +1092,13 @@ fn a_partitioned_leader_cannot_ack_writes_and_rejoins_with_the_majority_log() {
 /// heartbeat timeout was still counted (measured: 35 of 35). The unit test
 /// `rpcs_openraft_drops_at_hard_ttl_time_out_here_first` pins the margin instead.
 ///
-/// The follower stops hearing heartbeats, so its election timer would make it a candidate,
-/// whose higher term, once heard by the leader over the new connection, would depose the
-/// leader and muddle what is measured. Election timeouts of 10-12 s keep it a follower for
-/// several times what the re-dial takes, so the leader stays put and the one stalled
-/// connection is all that changes. (Its votes would travel over its own connections, through
-/// the other proxies, which are not stalled; the leader and the third node, which still hears
-/// the leader, would refuse them for their lease.)
+/// The follower stops hearing heartbeats, so its election timer would make it a
+/// pre-candidate: its Pre-Votes travel over its own connections, through the other proxies,
+/// which are not stalled, and the leader and the third node, which still hears the leader,
+/// refuse them for their lease, so its term stays (an_isolated_follower_rejoins_without_
+/// deposing_any_leader). Election timeouts of 10-12 s keep even that out of what is measured:
+/// the follower stays a follower for several times what the re-dial takes, and the one
+/// stalled connection is all that changes.
 #[test]
 fn a_silent_connection_to_an_idle_follower_is_re_dialed() {
     let cluster = start_cluster(

@@ -51,6 +51,10 @@ pub fn raft_config(timing: RaftTiming) -> Result<Arc<openraft::Config>, String> 
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 1024,
+        // A node that cannot win (cut off by the network, or behind) asks the voters first and
+        // keeps its term when they would not elect it: rejoining, it then cannot depose a
+        // healthy leader with a term it raised alone. (openraft leaves this off by default.)
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     config
@@ -373,8 +377,11 @@ impl Group {
     /// redialled shows up again), then asks the other voters for their last log id (a
     /// Pre-Vote, which changes nothing on them) and starts an election only if no reachable
     /// voter's log is ahead of its own (ties: the lowest node id) — so exactly the voter that
-    /// can win runs, and no term is spent on one that cannot. If it does not (or nothing
-    /// happens), openraft's election timers still decide, as they would without this.
+    /// can win runs, and no term is spent on one that cannot. It also needs answers from
+    /// enough voters to make a quorum with its own vote: a node cut off by the network sees
+    /// its leader's connections close as well, and a term it raised there would depose the
+    /// leader once the network heals. If it does not run (or nothing happens), openraft's
+    /// election timers still decide, with Pre-Vote, as they would without this.
     pub async fn take_over(
         &self,
         gone: NodeId,
@@ -410,6 +417,8 @@ impl Group {
             pool.probe_last_log_id(self.partition, *id, addr, probe.clone(), ttl)
         }))
         .await;
+        // This node's own vote counts; the gone leader's cannot.
+        let mut reachable = 1;
         for ((id, _), answer) in others.iter().zip(answers) {
             match answer {
                 Ok(theirs) if theirs > mine || (theirs == mine && *id < self.node_id) => {
@@ -420,10 +429,23 @@ impl Group {
                     );
                     return;
                 }
-                Ok(_) => {}
+                Ok(_) => reachable += 1,
                 // It cannot vote for anyone now; the election needs the others.
                 Err(e) => log::info!("partition {}: probing node {id}: {e}", self.partition),
             }
+        }
+        if reachable < voters.len() / 2 + 1 {
+            // Cut off from the voters rather than left by a dead leader (the leader's
+            // connections close when the network fails too): an election could not be won,
+            // and its higher term would depose the leader once the network heals. The
+            // election timers decide, with Pre-Vote.
+            log::info!(
+                "partition {}: leader {gone} closed every peer connection, but only {reachable} \
+                 of {} voters answer here: no election",
+                self.partition,
+                voters.len()
+            );
+            return;
         }
         let now = self.raft.metrics().borrow_watched().current_leader;
         if now != Some(gone) || gone_for().is_none() {

@@ -10,8 +10,10 @@
 //! A core counts, per node, the peer connections that node has open to it (the node is named
 //! by the `from_node` of the requests on each connection). When the last one closes:
 //! - a voter of a group that node led waits a little (two heartbeats, so a live leader that only
-//!   redialled is seen again), then starts an election itself, the voters staggered by rank so
-//!   they do not split the vote ([`crate::raft::group::Group::take_over`]);
+//!   redialled is seen again), then starts an election itself if a quorum of the other voters
+//!   answers it and none of them is more up to date (so exactly one runs, and a node cut off
+//!   from its peers, which sees its leader's connections close too, does not raise its term)
+//!   ([`crate::raft::group::Group::take_over`]);
 //! - a voter asked for its vote while its leader has been gone that long treats the request
 //!   like one of a leadership transfer, which openraft grants despite the lease
 //!   (`src/net/conn.rs`, `raft_vote`).
