@@ -23,7 +23,6 @@
 //! - "was a member" is as the node at `--addr` saw it just before the change.
 
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -31,6 +30,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::net::addr::Resolved;
 
 use crate::client::cluster::ClusterClient;
 use crate::client::{Client, ClientConfig, ClientError};
@@ -55,9 +56,9 @@ const SERVERS_JSON_VERSION: u32 = 1;
 /// Flags every client command takes.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The node's address (any node of a cluster).
-    #[arg(long, default_value = LISTEN_DEFAULT)]
-    pub addr: SocketAddr,
+    /// The node's address, IP:PORT or HOST:PORT (any node of a cluster).
+    #[arg(long, default_value = LISTEN_DEFAULT, value_name = "HOST:PORT")]
+    pub addr: String,
     /// Directory with `ca.pem` and the certificate to present (default: the local dev node's).
     #[arg(long, default_value_t = default_tls_dir())]
     pub tls_dir: String,
@@ -260,11 +261,10 @@ pub fn certs(args: &CertsArgs) -> Result<(), String> {
 /// Produces stdin lines (or `--value`) and prints each offset once acknowledged.
 pub fn produce(args: &ProduceArgs) -> Result<(), String> {
     let args = args.clone();
-    let config = client_config(&args.client)?;
-    let addr = args.client.addr;
+    let (config, resolved) = client_config(&args.client)?;
     on_client_executor(move || async move {
         let cluster = Rc::new(ClusterClient::new(config));
-        learn_members(&cluster, addr).await?;
+        learn_members(&cluster, &resolved).await?;
         if let Some(value) = &args.value {
             let r = cluster
                 .produce(args.partition, vec![Bytes::from(value.clone())])
@@ -329,11 +329,10 @@ pub fn consume(args: &ConsumeArgs) -> Result<(), String> {
             .await
         }),
         Consistency::Linearizable => {
-            let config = client_config(&args.client)?;
-            let addr = args.client.addr;
+            let (config, resolved) = client_config(&args.client)?;
             on_client_executor(move || async move {
                 let cluster = &ClusterClient::new(config);
-                learn_members(cluster, addr).await?;
+                learn_members(cluster, &resolved).await?;
                 consume_loop(&args, |offset, wait| {
                     cluster.consume(partition, offset, bytes, wait, true)
                 })
@@ -513,11 +512,11 @@ pub fn cluster(command: &ClusterCommand) -> Result<(), String> {
 
 /// Removes `--node-id` from every partition's group, through each partition's leader.
 fn cluster_leave(args: &LeaveArgs) -> Result<(), String> {
-    let (addr, node_id) = (args.client.addr, args.node_id);
-    let config = client_config(&args.client)?;
+    let (addr, node_id) = (args.client.addr.clone(), args.node_id);
+    let (config, resolved) = client_config(&args.client)?;
     on_client_executor(move || async move {
         let cluster = ClusterClient::new(config);
-        let partitions = membership_view(&cluster, addr, node_id).await?;
+        let partitions = membership_view(&cluster, &resolved, &addr, node_id).await?;
         let mut failed = Vec::new();
         for &(p, was_member) in &partitions {
             // Sent even where the view says "not a member": the view may lag the leader's.
@@ -539,12 +538,16 @@ fn cluster_leave(args: &LeaveArgs) -> Result<(), String> {
 /// Adds `--node-id` at `--node-addr` to every partition's group, through each partition's
 /// leader.
 fn cluster_join(args: &JoinArgs) -> Result<(), String> {
-    let (addr, node_id, node_addr) = (args.client.addr, args.node_id, args.node_addr.clone());
-    let mut config = client_config(&args.client)?;
+    let (addr, node_id, node_addr) = (
+        args.client.addr.clone(),
+        args.node_id,
+        args.node_addr.clone(),
+    );
+    let (mut config, resolved) = client_config(&args.client)?;
     config.request_timeout = Duration::from_millis(JOIN_REQUEST_TIMEOUT_MS);
     on_client_executor(move || async move {
         let cluster = ClusterClient::new(config);
-        let partitions = membership_view(&cluster, addr, node_id).await?;
+        let partitions = membership_view(&cluster, &resolved, &addr, node_id).await?;
         let mut failed = Vec::new();
         for &(p, was_member) in &partitions {
             let outcome = match cluster.join(p, node_id, &node_addr).await {
@@ -573,10 +576,11 @@ fn cluster_join(args: &JoinArgs) -> Result<(), String> {
 /// refused: it has no membership to change.
 async fn membership_view(
     cluster: &ClusterClient,
-    addr: SocketAddr,
+    resolved: &Resolved,
+    addr: &str,
     node_id: u64,
 ) -> Result<Vec<(u32, bool)>, String> {
-    let meta = learn_members(cluster, addr).await?;
+    let meta = learn_members(cluster, resolved).await?;
     if meta.partitions.iter().all(|p| p.members.is_empty()) {
         return Err(format!(
             "the node at {addr} is standalone (not started with --cluster or --join): it has \
@@ -595,24 +599,29 @@ async fn membership_view(
 /// the command, which asks the others in turn.
 async fn learn_members(
     cluster: &ClusterClient,
-    addr: SocketAddr,
+    node: &Resolved,
 ) -> Result<crate::proto::MetadataResponse, String> {
-    let meta = cluster
-        .node(addr)
-        .await
-        .map_err(|e| e.to_string())?
-        .metadata()
-        .await
-        .map_err(|e| e.to_string())?;
-    // Addresses that are not IP:PORT (host names) cannot be seeds; the leader hints that
-    // `NOT_LEADER` carries still route to them.
-    let members = meta
-        .partitions
-        .iter()
-        .flat_map(|p| &p.members)
-        .filter_map(|m| m.addr.parse::<SocketAddr>().ok());
-    cluster.add_seeds(members);
-    Ok(meta)
+    cluster.add_resolved_seeds(node);
+    let mut last = String::new();
+    for addr in &node.addrs {
+        let answer = match cluster.node(*addr).await {
+            Ok(client) => client.metadata().await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(meta) => {
+                let members = meta
+                    .partitions
+                    .iter()
+                    .flat_map(|p| &p.members)
+                    .map(|m| m.addr.as_str());
+                cluster.add_named_seeds(members).await;
+                return Ok(meta);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
 }
 
 /// Errors that every partition would answer the same way end the command at once.
@@ -664,20 +673,36 @@ where
     F: FnOnce(Client) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + 'static,
 {
-    let config = client_config(args)?;
+    let (config, resolved) = client_config(args)?;
     on_client_executor(move || async move {
-        let client = Client::connect(config).await.map_err(|e| e.to_string())?;
-        f(client).await
+        // Each address of a host name in turn; the first that answers.
+        let mut last = String::new();
+        for addr in resolved.addrs {
+            let mut config = config.clone();
+            config.addr = addr;
+            match Client::connect(config).await {
+                Ok(client) => return f(client).await,
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
     })
 }
 
-fn client_config(args: &ClientArgs) -> Result<ClientConfig, String> {
-    ClientConfig::new(
-        args.addr,
+/// A client configuration for `--addr` (its first address; the others are tried by the
+/// callers), and where `--addr` resolves. The certificate name is the host of a
+/// `HOST:PORT` address.
+fn client_config(args: &ClientArgs) -> Result<(ClientConfig, Resolved), String> {
+    let resolved =
+        crate::net::addr::resolve_blocking(&args.addr).map_err(|e| format!("--addr: {e}"))?;
+    let mut config = ClientConfig::new(
+        resolved.addrs[0],
         std::path::Path::new(&args.tls_dir),
         &args.tls_name,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    config.server_name = resolved.server_name.clone();
+    Ok((config, resolved))
 }
 
 /// Runs `f` on a one-core executor. Clients are `!Send`: `f` makes its own, and uses it within

@@ -454,16 +454,14 @@ async fn join_cluster(shard: Rc<Shard>) {
         return;
     };
     let me = node.config.node_id;
-    let addr = match std::net::ToSocketAddrs::to_socket_addrs(join.as_str())
-        .ok()
-        .and_then(|mut a| a.next())
-    {
-        Some(a) => a,
-        None => {
-            log::error!("--join {join}: cannot resolve the address");
+    let resolved = match crate::net::addr::resolve(join.as_str()).await {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("--join: {e}");
             return;
         }
     };
+    let addr = resolved.addrs[0];
     let tls = node
         .peer_tls
         .clone()
@@ -471,12 +469,14 @@ async fn join_cluster(shard: Rc<Shard>) {
     let config = crate::client::ClientConfig {
         addr,
         tls,
-        server_name: rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+        server_name: resolved.server_name.clone(),
         frame_bytes_max: node.config.frame_bytes_max as usize,
         request_timeout: Duration::from_millis(JOIN_REQUEST_TIMEOUT_MS),
         connect_timeout: Duration::from_millis(crate::client::CONNECT_TIMEOUT_MS_DEFAULT),
     };
     let client = crate::client::cluster::ClusterClient::new(config);
+    // Every address of a host name is a seed: one that refuses connections is passed over.
+    client.add_resolved_seeds(&resolved);
     let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
     for group in groups {
         loop {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::{CONVERGE, Cluster, agreed_leader, start_cluster};
+use common::node::run_cli;
 use common::proxy::Proxy;
 use corelog::client::cluster::ClusterClient;
 use corelog::client::{Client, ClientConfig};
@@ -1068,6 +1069,93 @@ fn an_isolated_follower_rejoins_without_deposing_any_leader() {
             "node {id}: a partition changed term after node {isolated} rejoined"
         );
     }
+}
+
+/// Nodes named by host name (`--advertise localhost:PORT`, `--join localhost:PORT`), as on
+/// real hosts: nodes join through the name, and a client that knows only a follower (by IP)
+/// follows its `NotLeader` hint, which names the leader as `localhost:PORT`, looking the name
+/// up and checking the leader's certificate against it. The command line takes a host name
+/// for `--addr` too. Fault model: none; this is about addressing.
+#[test]
+fn nodes_advertised_by_host_name_are_joined_and_followed() {
+    let cluster = start_cluster(
+        Cluster::new("cluster_host_names", 1)
+            .with_host_names()
+            .with_replication_factor(3),
+        3,
+    );
+    let all = cluster.ids();
+    let leader = cluster.wait_for_leader(0, &all, None);
+    let follower = all
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("three nodes");
+    let servers = cluster.cli(&["servers"], follower, &["--json"], "");
+    assert!(servers.status.success(), "{servers:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&servers.stdout).expect("servers --json");
+    let leader_port = cluster.addr(leader).port();
+    assert!(
+        doc["servers"]
+            .as_array()
+            .expect("a list of servers")
+            .iter()
+            .any(|s| s["rpc_addr"] == format!("localhost:{leader_port}")),
+        "the leader is known by its host name: {doc}"
+    );
+
+    // Only the follower, by IP: every produce is answered NOT_LEADER naming the leader's host.
+    let config = ClientConfig::new(cluster.addr(follower), &cluster.tls, "client").unwrap();
+    let base = common::run(|| async move {
+        let client = ClusterClient::new(config);
+        client
+            .produce(0, vec![Bytes::from_static(b"by-name")])
+            .await
+            .expect("the client follows a leader named by host")
+            .base_offset
+    });
+    let on_leader = common::run(|| {
+        let client = cluster.client_of(&[leader]);
+        let addr = cluster.addr(leader);
+        async move {
+            client
+                .consume_from(addr, 0, base, 1 << 20)
+                .await
+                .expect("consume from the leader")
+        }
+    });
+    assert_eq!(
+        on_leader.records.first().map(|r| r.value.clone()),
+        Some(Bytes::from_static(b"by-name")),
+        "offset {base} on the leader"
+    );
+
+    // The command line, by host name, through the follower.
+    let follower_by_name = format!("localhost:{}", cluster.addr(follower).port());
+    let out = run_cli(
+        &[
+            "produce",
+            "--partition",
+            "0",
+            "--addr",
+            &follower_by_name,
+            "--tls-dir",
+            cluster.tls.to_str().unwrap(),
+            "--value",
+            "by-name-cli",
+        ],
+        None,
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "corelog produce --addr {follower_by_name}: {out:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (base + 1).to_string(),
+        "the next offset"
+    );
 }
 
 /// A connection from the leader to a follower that goes silent without closing is replaced

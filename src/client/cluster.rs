@@ -6,6 +6,10 @@
 //! cluster's servers from that node (once per request), waits a little and asks again,
 //! going round the nodes it knows. A broken connection to the leader forgets it (the next attempt asks another
 //! node); a produce is resent only when the server said it certainly was not applied.
+//!
+//! Nodes are named by the addresses they advertise, `IP:PORT` or `HOST:PORT`. A host name is
+//! looked up off the core ([`crate::net::addr::resolve`]), its addresses are tried in turn,
+//! and the node's certificate is checked against the host name.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,8 +18,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustls_pki_types::ServerName;
 
 use crate::client::{Client, ClientConfig, ClientError};
+use crate::net::addr::Resolved;
 use crate::net::errors::ServerError;
 use crate::net::frame::{Request, Response};
 use crate::proto::{
@@ -37,6 +43,9 @@ pub struct ClusterClient {
     /// One connect at a time per node: requests sent in order must share one connection.
     connecting: RefCell<HashMap<SocketAddr, Rc<glommio::sync::Semaphore>>>,
     leaders: RefCell<HashMap<u32, SocketAddr>>,
+    /// The certificate name of each address learnt from a `HOST:PORT` name (the IP address
+    /// otherwise).
+    names: RefCell<HashMap<SocketAddr, ServerName<'static>>>,
     /// How long one request may spend finding a leader.
     pub leader_wait: Duration,
 }
@@ -44,12 +53,17 @@ pub struct ClusterClient {
 impl ClusterClient {
     /// A client for the cluster that `config.addr` belongs to (more seeds may be added).
     pub fn new(config: ClientConfig) -> ClusterClient {
+        let mut names = HashMap::new();
+        if let ServerName::DnsName(_) = config.server_name {
+            names.insert(config.addr, config.server_name.clone());
+        }
         ClusterClient {
             seeds: RefCell::new(vec![config.addr]),
             template: config,
             nodes: RefCell::new(HashMap::new()),
             connecting: RefCell::new(HashMap::new()),
             leaders: RefCell::new(HashMap::new()),
+            names: RefCell::new(names),
             leader_wait: Duration::from_millis(LEADER_WAIT_MS_DEFAULT),
         }
     }
@@ -62,6 +76,60 @@ impl ClusterClient {
                 seeds.push(a);
             }
         }
+    }
+
+    /// Adds a node's resolved addresses to the seeds, remembering the name its certificate
+    /// must carry.
+    pub fn add_resolved_seeds(&self, resolved: &Resolved) {
+        self.remember_name(resolved);
+        self.add_seeds(resolved.addrs.iter().copied());
+    }
+
+    fn remember_name(&self, resolved: &Resolved) {
+        if let ServerName::DnsName(_) = resolved.server_name {
+            let mut names = self.names.borrow_mut();
+            for a in &resolved.addrs {
+                names.insert(*a, resolved.server_name.clone());
+            }
+        }
+    }
+
+    /// Adds the nodes named `addrs` (`IP:PORT` or `HOST:PORT`) to the seeds. Best effort: a
+    /// name that does not resolve adds nothing.
+    pub async fn add_named_seeds(&self, addrs: impl IntoIterator<Item = &str>) {
+        for addr in addrs {
+            match crate::net::addr::resolve(addr).await {
+                Ok(resolved) => self.add_resolved_seeds(&resolved),
+                Err(e) => log::debug!("cluster client: {e}"),
+            }
+        }
+    }
+
+    /// Where the node named `addr` (`IP:PORT` or `HOST:PORT`, as a `NotLeader` hint names it)
+    /// is reached: the first of its addresses already connected, else the first that accepts
+    /// a connection. `None` if none does (or the name does not resolve).
+    async fn reach(&self, addr: &str) -> Option<SocketAddr> {
+        let resolved = match crate::net::addr::resolve(addr).await {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("cluster client: {e}");
+                return None;
+            }
+        };
+        self.remember_name(&resolved);
+        if let Some(a) = resolved
+            .addrs
+            .iter()
+            .find(|a| self.nodes.borrow().contains_key(a))
+        {
+            return Some(*a);
+        }
+        for a in resolved.addrs {
+            if self.node(a).await.is_ok() {
+                return Some(a);
+            }
+        }
+        None
     }
 
     /// The client of the node at `addr`, connecting if needed.
@@ -87,7 +155,12 @@ impl ClusterClient {
         }
         let mut config = self.template.clone();
         config.addr = addr;
-        config.server_name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        config.server_name = self
+            .names
+            .borrow()
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let client = Rc::new(Client::connect(config).await?);
         self.nodes.borrow_mut().insert(addr, client.clone());
         Ok(client)
@@ -180,18 +253,14 @@ impl ClusterClient {
         }
     }
 
-    /// Adds every server `node` lists (GetServers) to the seeds. Best effort: addresses that
-    /// are not IP:PORT, and a node that does not answer, add nothing.
-    /// Whether `node` answered.
+    /// Adds every server `node` lists (GetServers) to the seeds. Best effort: an address that
+    /// does not resolve, and a node that does not answer, add nothing. Whether `node`
+    /// answered.
     async fn discover(&self, node: &Client) -> bool {
         match node.get_servers().await {
             Ok(servers) => {
-                self.add_seeds(
-                    servers
-                        .servers
-                        .iter()
-                        .filter_map(|s| s.rpc_addr.parse::<SocketAddr>().ok()),
-                );
+                self.add_named_seeds(servers.servers.iter().map(|s| s.rpc_addr.as_str()))
+                    .await;
                 true
             }
             Err(_) => false,
@@ -264,10 +333,11 @@ impl ClusterClient {
                 .await;
             let retry_after = match &result {
                 Err(ClientError::Server(ServerError::NotLeader { leader_addr, .. })) => {
-                    match leader_addr
-                        .as_deref()
-                        .and_then(|a| a.parse::<SocketAddr>().ok())
-                    {
+                    let hinted = match leader_addr.as_deref() {
+                        Some(hint) => self.reach(hint).await,
+                        None => None,
+                    };
+                    match hinted {
                         Some(leader) if leader != addr => {
                             self.add_seeds([leader]);
                             self.leaders.borrow_mut().insert(partition, leader);

@@ -2,6 +2,7 @@
 //! dispatch. Codecs (`preamble`, `frame`) are pure functions over byte slices.
 
 pub mod acl;
+pub mod addr;
 pub mod conn;
 pub mod errors;
 pub mod frame;

@@ -62,7 +62,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -920,41 +919,28 @@ impl Peer {
     }
 }
 
-/// TCP, preamble (peer, this core), TLS with the node's certificate.
+/// TCP, preamble (peer, this core), TLS with the node's certificate. A `HOST:PORT` address is
+/// looked up off this core ([`crate::net::addr::resolve`]) and its addresses tried in turn.
 async fn dial(pool: &PeerPool, addr: &str) -> Result<Connection, String> {
-    let (socket_addr, server_name) = resolve(addr)?;
-    let config = ClientConfig {
-        addr: socket_addr,
-        tls: pool.tls.clone(),
-        server_name,
-        frame_bytes_max: pool.frame_bytes_max,
-        request_timeout: Duration::from_millis(PEER_REQUEST_TIMEOUT_MS_BACKSTOP),
-        connect_timeout: Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
-    };
-    Connection::connect(&config, pool.core, ConnKind::Peer)
+    let resolved = crate::net::addr::resolve(addr)
         .await
-        .map_err(|e| e.to_string())
-}
-
-/// A socket address and the name its certificate must carry. An `IP:port` address needs no
-/// lookup; a `host:port` one goes through the system resolver, which blocks this core for the
-/// lookup (dials are rare: once per connection, at most once per backoff window).
-fn resolve(addr: &str) -> Result<(SocketAddr, rustls_pki_types::ServerName<'static>), String> {
-    if let Ok(socket_addr) = addr.parse::<SocketAddr>() {
-        let name = rustls_pki_types::ServerName::IpAddress(socket_addr.ip().into());
-        return Ok((socket_addr, name));
+        .map_err(|e| format!("peer {e}"))?;
+    let mut last = String::new();
+    for socket_addr in resolved.addrs {
+        let config = ClientConfig {
+            addr: socket_addr,
+            tls: pool.tls.clone(),
+            server_name: resolved.server_name.clone(),
+            frame_bytes_max: pool.frame_bytes_max,
+            request_timeout: Duration::from_millis(PEER_REQUEST_TIMEOUT_MS_BACKSTOP),
+            connect_timeout: Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
+        };
+        match Connection::connect(&config, pool.core, ConnKind::Peer).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = e.to_string(),
+        }
     }
-    let (host, _port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("peer address {addr:?} is not HOST:PORT"))?;
-    let name = rustls_pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| format!("peer address {addr:?}: {e}"))?;
-    let socket_addr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve peer address {addr:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("peer address {addr:?} resolves to nothing"))?;
-    Ok((socket_addr, name))
+    Err(last)
 }
 
 #[cfg(test)]
@@ -1118,15 +1104,5 @@ mod tests {
             got[1].1 > 4096,
             "the caller checks it against the frame limit"
         );
-    }
-
-    #[test]
-    fn ip_addresses_need_no_lookup_and_are_the_certificate_name() {
-        let (addr, name) = resolve("127.0.0.1:7400").unwrap();
-        assert_eq!(addr, "127.0.0.1:7400".parse().unwrap());
-        assert!(matches!(name, rustls_pki_types::ServerName::IpAddress(_)));
-        let (_, name) = resolve("localhost:7400").unwrap();
-        assert!(matches!(name, rustls_pki_types::ServerName::DnsName(_)));
-        assert!(resolve("no-port").is_err());
     }
 }

@@ -42,6 +42,8 @@ pub struct Cluster {
     partitions: u32,
     /// Whether nodes get `--advertise` (always with proxies: the proxy's address).
     advertise: bool,
+    /// Whether nodes advertise and join by `localhost:PORT` instead of `127.0.0.1:PORT`.
+    host_names: bool,
     /// `--replication-factor` of every node, if given.
     replication_factor: Option<u64>,
     /// More flags for every node.
@@ -76,6 +78,7 @@ impl Cluster {
             tls,
             partitions,
             advertise: false,
+            host_names: false,
             replication_factor: None,
             args: Vec::new(),
             ports: BTreeMap::new(),
@@ -96,6 +99,19 @@ impl Cluster {
     /// Every node gets `--advertise` (where it listens, or its proxy).
     pub fn with_advertise(mut self) -> Cluster {
         self.advertise = true;
+        self
+    }
+
+    /// Nodes advertise themselves, and join node 1, as `localhost:PORT` (a host name, which
+    /// `corelog certs` certificates carry), so peers and clients look names up and check
+    /// certificates against the host name.
+    pub fn with_host_names(mut self) -> Cluster {
+        assert!(
+            self.proxies.is_none(),
+            "proxies advertise their own address"
+        );
+        self.advertise = true;
+        self.host_names = true;
         self
     }
 
@@ -185,12 +201,22 @@ impl Cluster {
         }
         let data = self.dir.join(format!("n{id}"));
         let listen = format!("127.0.0.1:{port}");
-        let advertise = self.advertised(id).to_string();
+        let advertise = if self.host_names {
+            format!("localhost:{port}")
+        } else {
+            self.advertised(id).to_string()
+        };
         let cpu = ((id - 1) % 2).to_string();
         let id_s = id.to_string();
         let partitions = self.partitions.to_string();
         let rf = self.replication_factor.map(|n| n.to_string());
-        let join = (id != 1 && join).then(|| self.addr(1).to_string());
+        let join = (id != 1 && join).then(|| {
+            if self.host_names {
+                format!("localhost:{}", self.ports[&1])
+            } else {
+                self.addr(1).to_string()
+            }
+        });
         let mut args = vec![
             "--tls-dir",
             self.tls.to_str().unwrap(),
