@@ -263,6 +263,43 @@ fn large_and_small_frames_split_anywhere_are_reassembled_in_order() {
     assert_still_serves(&node, &mut acked, "after-pieces");
 }
 
+/// A client's produce of several MiB: its header alone buys a read buffer of at most 1 MiB
+/// (`CLIENT_BUFFER_AHEAD_MAX_BYTES`), which then grows with the bytes received. Sent in
+/// 256 KiB pieces so the node reads it across several buffers; acknowledged and read back
+/// intact.
+#[test]
+fn a_client_frame_of_several_mib_is_read_as_it_arrives() {
+    let node = TestNode::start("frame-growing", &["--partitions", "1"]);
+    let mut acked = seed_records(&node, 1, "before");
+    let mut conn = node.raw(0);
+    let values: Vec<Bytes> = (0..3u8)
+        .map(|i| Bytes::from(vec![b'm' + i; 1 << 20]))
+        .collect();
+    let mut bytes = bytes::BytesMut::new();
+    Request::Produce(ProduceRequest {
+        partition: 0,
+        records: values.clone(),
+    })
+    .encode(21, &mut bytes);
+    assert!(bytes.len() > 3 << 20);
+    for piece in bytes.chunks(256 << 10) {
+        conn.write_bytes(piece).expect("write a piece");
+        // Not a bound: lets the node read each piece on its own.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (corr, response) = conn.recv();
+    assert_eq!(corr, 21);
+    let base = produced(response);
+    for (i, value) in values.into_iter().enumerate() {
+        acked.push(Acked {
+            partition: 0,
+            offset: base + i as u64,
+            value,
+        });
+    }
+    assert_still_serves(&node, &mut acked, "after-several-mib");
+}
+
 fn produce_bytes(value: Bytes) -> Request {
     Request::Produce(ProduceRequest {
         partition: 0,

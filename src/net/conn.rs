@@ -61,6 +61,10 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Frames at least this large get a read buffer of their own (see `Connection::read_loop`);
 /// smaller ones share one, which whatever is kept of them keeps alive.
 pub(crate) const OWN_BUFFER_MIN_BYTES: usize = 64 << 10;
+/// How far a client connection's read buffer may be allocated ahead of the bytes received:
+/// a frame header alone (which may announce up to `--frame-bytes-max`) buys no more than
+/// this. Peers (authenticated nodes) get buffers of the announced size at once.
+pub(crate) const CLIENT_BUFFER_AHEAD_MAX_BYTES: usize = 1 << 20;
 /// Consume/subscribe responses are capped below the frame limit by this much headroom.
 const RESPONSE_OVERHEAD_BYTES: usize = 64 << 10;
 /// Default `max_bytes` of a consume or subscribe that gives 0.
@@ -81,6 +85,25 @@ const OUTBOX_KIB_MAX: u64 = 64 * 1024;
 pub const SNAPSHOT_BYTES_MAX_DEFAULT: u64 = 1 << 30;
 /// Snapshot transfers one peer connection may assemble at once (one per partition).
 pub const SNAPSHOT_TRANSFERS_MAX: usize = 16;
+
+/// The size of a new read buffer for a frame of `total` bytes of which `buffered` are in a
+/// buffer of `capacity`, or `None` to keep reading into that one. The buffer may run at most
+/// `ahead_max` past the bytes received; within that it is the frame's size. Otherwise a
+/// buffer of the frame's own (larger than the shared [`READ_CHUNK_BYTES`] one) is filled,
+/// then replaced by one at least twice as large, so the copies of a frame that outgrows its
+/// buffers add up to less than the frame itself.
+fn own_buffer_bytes(
+    total: usize,
+    buffered: usize,
+    capacity: usize,
+    ahead_max: usize,
+) -> Option<usize> {
+    let target = total.min(buffered.saturating_add(ahead_max));
+    if capacity >= target || (capacity > READ_CHUNK_BYTES && buffered < capacity) {
+        return None;
+    }
+    Some(target.max(capacity.saturating_mul(2)).min(total))
+}
 
 /// Serves a connection accepted on, or handed to, this core.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, kind: ConnKind) {
@@ -246,19 +269,28 @@ impl Connection {
                     }
                 }
             }
-            // A large frame is read into a buffer of exactly its size, and no read goes past
-            // its end. Its bytes may live long after it is handled (a follower's log keeps the
-            // leader's batches, slices of the frame, in its tail cache); in the shared read
-            // buffer that forced a new allocation, and a copy of what was buffered, on almost
-            // every read.
+            // A large frame is read into a buffer of its own, of exactly its size, and no read
+            // goes past its end. Its bytes may live long after it is handled (a follower's log
+            // keeps the leader's batches, slices of the frame, in its tail cache); in the shared
+            // read buffer that forced a new allocation, and a copy of what was buffered, on
+            // almost every read. A client's buffer grows towards that size with the bytes
+            // received (`own_buffer_bytes`).
             let limit = match decoder.incomplete_frame_bytes(&buf) {
                 Some(total) if total >= OWN_BUFFER_MIN_BYTES => {
-                    if buf.capacity() < total {
-                        let mut own = BytesMut::with_capacity(total);
+                    let ahead_max = match self.kind {
+                        ConnKind::Peer => usize::MAX,
+                        ConnKind::Client => CLIENT_BUFFER_AHEAD_MAX_BYTES,
+                    };
+                    if let Some(bytes) =
+                        own_buffer_bytes(total, buf.len(), buf.capacity(), ahead_max)
+                    {
+                        let mut own = BytesMut::with_capacity(bytes);
                         own.extend_from_slice(&buf);
                         buf = own;
                     }
-                    (total - buf.len()).min(READ_CHUNK_BYTES)
+                    (total - buf.len())
+                        .min(buf.capacity() - buf.len())
+                        .min(READ_CHUNK_BYTES)
                 }
                 _ => {
                     if buf.capacity() == 0 {
@@ -1416,7 +1448,64 @@ fn is_host_port(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_host_port;
+    use super::{CLIENT_BUFFER_AHEAD_MAX_BYTES, is_host_port, own_buffer_bytes};
+
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn a_frame_that_fits_is_read_where_it_is() {
+        assert_eq!(own_buffer_bytes(64 * KIB, 10, 64 * KIB, usize::MAX), None);
+        assert_eq!(own_buffer_bytes(100 * KIB, 60 * KIB, 100 * KIB, 0), None);
+    }
+
+    #[test]
+    fn peers_and_frames_within_the_allowance_get_a_buffer_of_the_frame_size_at_once() {
+        // A 16 MiB AppendEntries announced by its header: one buffer, one copy of the header.
+        assert_eq!(
+            own_buffer_bytes(16 * MIB, 20, 64 * KIB, usize::MAX),
+            Some(16 * MIB)
+        );
+        // A 65 KiB produce from a client, in the shared 64 KiB buffer.
+        assert_eq!(
+            own_buffer_bytes(65 * KIB, 20, 64 * KIB, CLIENT_BUFFER_AHEAD_MAX_BYTES),
+            Some(65 * KIB)
+        );
+    }
+
+    /// A client's header announcing 16 MiB buys 1 MiB; the buffer then doubles as the bytes
+    /// come, and every byte of the frame is copied fewer than two times in all.
+    #[test]
+    fn a_client_buffer_grows_with_the_bytes_received() {
+        let total = 16 * MIB;
+        let ahead = CLIENT_BUFFER_AHEAD_MAX_BYTES;
+        assert_eq!(own_buffer_bytes(total, 20, 64 * KIB, ahead), Some(MIB + 20));
+        let (mut capacity, mut buffered, mut copied, mut buffers) = (MIB + 20, 20, 20, 1);
+        while buffered < total {
+            match own_buffer_bytes(total, buffered, capacity, ahead) {
+                Some(bytes) => {
+                    assert_eq!(
+                        buffered, capacity,
+                        "a new buffer only once this one is full"
+                    );
+                    assert!(
+                        bytes <= buffered + ahead.max(capacity),
+                        "{bytes} ahead of {buffered}"
+                    );
+                    copied += buffered;
+                    capacity = bytes;
+                    buffers += 1;
+                }
+                None => buffered = (buffered + 64 * KIB).min(capacity),
+            }
+        }
+        assert_eq!(capacity, total, "the last buffer is the frame's size");
+        assert!(
+            copied < total,
+            "{copied} bytes copied for a {total}-byte frame"
+        );
+        assert!(buffers <= 6, "{buffers} buffers");
+    }
 
     #[test]
     fn a_join_addr_is_an_ip_or_dns_name_and_a_nonzero_port() {
