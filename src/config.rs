@@ -131,6 +131,11 @@ pub struct ServeArgs {
     /// first, as on a slow disk. Never use in production.
     #[arg(long, hide = true)]
     pub inject_sync_delay_ms: Option<u64>,
+    /// TESTING ONLY: answer Raft peers as a node built before entries of kind STORED_BATCH
+    /// did: refuse them as an unknown kind and never say it takes them. Never use in
+    /// production.
+    #[arg(long, hide = true)]
+    pub inject_legacy_replication: bool,
     /// TOML file with any of these flags by long name (`data-dir = "/var/lib/corelog"`,
     /// `segment-bytes = 1073741824`); flags given on the command line override it.
     #[arg(long)]
@@ -219,6 +224,8 @@ pub struct NodeConfig {
     pub disk_full_after_writes: Option<u64>,
     /// Testing only: each partition's log syncs this much slower.
     pub sync_delay: Option<Duration>,
+    /// Testing only: play a node that does not know entries of kind STORED_BATCH.
+    pub legacy_replication: bool,
     /// Writes in flight that `--io-properties` chose: a group commit is up to this many writes
     /// of `write_bytes` (`LogConfig::write_bytes_max`), issued together.
     pub writes_in_flight: Option<usize>,
@@ -366,6 +373,7 @@ impl NodeConfig {
             read_fault: args.inject_fault,
             disk_full_after_writes: args.inject_disk_full_after_writes,
             sync_delay: args.inject_sync_delay_ms.map(Duration::from_millis),
+            legacy_replication: args.inject_legacy_replication,
             writes_in_flight,
         })
     }

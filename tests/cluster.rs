@@ -1158,6 +1158,31 @@ fn nodes_advertised_by_host_name_are_joined_and_followed() {
     );
 }
 
+/// A rolling upgrade across the STORED_BATCH entry kind: node 3 plays a node built before it
+/// (`--inject-legacy-replication`: it refuses the kind as unknown, as such a build does, and
+/// never says it takes it). The leader sends it NORMAL entries and sends the leader's stored
+/// batches only to peers that said they take them, so every replica holds every acknowledged
+/// record at the same offsets. Before the negotiation, every AppendEntries carrying records was
+/// refused by such a node, which then never caught up.
+#[test]
+fn a_node_that_does_not_know_stored_batches_is_sent_normal_entries() {
+    let mut cluster = new_cluster("cluster_legacy_peer");
+    cluster.start(1);
+    cluster.start(2);
+    cluster.start_with(3, &["--inject-legacy-replication"]);
+    cluster.wait_for_voters(&[1, 2, 3]);
+    let all = cluster.ids();
+    // Whoever leads: the legacy node leads a partition only if elected; then it sends NORMAL
+    // entries itself (it never stores kind STORED_BATCH from others).
+    let acked = produce(&cluster.client(), "mixed", 20, 10);
+    assert_replicas_agree(&cluster, &all, &acked);
+    let refused = cluster.node(3).stats_json()["errors"]["bad_body"].as_u64();
+    assert!(
+        matches!(refused, None | Some(0)),
+        "node 3 refused {refused:?} requests carrying entries it cannot take"
+    );
+}
+
 /// A connection from the leader to a follower that goes silent without closing is replaced
 /// while the cluster is idle, on heartbeat timeouts alone.
 ///

@@ -530,6 +530,21 @@ impl Connection {
         let Some(raft) = self.raft_group(corr, partition, &mut permit) else {
             return;
         };
+        let legacy = self.shard.node.config.legacy_replication;
+        if legacy
+            && let Some(entry) = req
+                .entries
+                .iter()
+                .find(|e| e.kind == crate::proto::RaftEntryKind::StoredBatch as i32)
+        {
+            // What a node built before the kind answers.
+            let e = wire::WireError::UnknownEnumValue {
+                message: "RaftEntry",
+                field: "kind",
+                value: entry.kind,
+            };
+            return self.bad_peer_body(corr, &e, permit);
+        }
         let rpc = match wire::decode_append_request(req) {
             Ok(rpc) => rpc,
             Err(e) => return self.bad_peer_body(corr, &e, permit),
@@ -537,7 +552,7 @@ impl Connection {
         glommio::spawn_local(async move {
             match raft.append_entries(rpc).await {
                 Ok(resp) => {
-                    let resp = wire::encode_append_response(&resp);
+                    let resp = wire::encode_append_response(&resp, !legacy);
                     self.send(corr, Response::RaftAppend(resp), permit);
                 }
                 Err(e) => self.raft_fatal(corr, partition, &e, permit),

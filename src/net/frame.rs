@@ -923,6 +923,7 @@ mod tests {
                 result: crate::proto::RaftAppendResult::PartialSuccess as i32,
                 matched: Some(log_id(3, 10)),
                 higher_vote: None,
+                stored_batches: true,
             }),
             Response::RaftVote(RaftVoteResponse {
                 vote: Some(vote(4, 2, false)),

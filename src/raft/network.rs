@@ -297,7 +297,12 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         } else {
             entries_ttl(&option)
         };
-        let mut request = wire::encode_append_request(self.partition.0, self.pool.node_id, &rpc);
+        let mut request = wire::encode_append_request(
+            self.partition.0,
+            self.pool.node_id,
+            &rpc,
+            self.peer.takes_stored_batches(),
+        );
         let truncated = fit_entries(&mut request, self.pool.frame_bytes_max)
             .map_err(|message| self.unreachable(&message))?;
         let last_sent = request
@@ -311,8 +316,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let Response::RaftAppend(answer) = answer else {
             return Err(self.unexpected(&answer));
         };
-        let answer =
+        let (answer, stored_batches) =
             wire::decode_append_response(answer).map_err(|e| self.unreachable(&e.to_string()))?;
+        self.peer.stored_batches_said(stored_batches);
         // The peer took every entry it was sent; openraft sends the rest next.
         Ok(match answer {
             AppendEntriesResponse::Success if truncated => {
@@ -768,6 +774,10 @@ struct Peer {
     last_answer: Cell<Instant>,
     /// Connections made so far: a new one may reach a restarted node.
     connections: Cell<u64>,
+    /// The connection (its number in `connections`) on which the peer last said it takes
+    /// entries of kind STORED_BATCH. A new connection may reach a node restarted with another
+    /// build: until it says so again, it is sent NORMAL entries, which every build takes.
+    stored_batches_on: Cell<Option<u64>>,
 }
 
 enum PeerState {
@@ -792,7 +802,19 @@ impl Peer {
             timeouts_in_a_row: Cell::new(0),
             last_answer: Cell::new(Instant::now()),
             connections: Cell::new(0),
+            stored_batches_on: Cell::new(None),
         }
+    }
+
+    /// Whether to send records entries as the stored batches (kind STORED_BATCH).
+    fn takes_stored_batches(&self) -> bool {
+        self.stored_batches_on.get() == Some(self.connections.get())
+    }
+
+    /// An AppendEntries answer said whether the peer takes STORED_BATCH entries.
+    fn stored_batches_said(&self, takes: bool) {
+        self.stored_batches_on
+            .set(takes.then(|| self.connections.get()));
     }
 
     /// The connection, dialing when there is none.
@@ -1090,6 +1112,25 @@ mod tests {
         assert_eq!(
             chunks(Vec::new(), 1 << 20),
             [(0, frame::FRAME_HEADER_BYTES + 2, true)]
+        );
+    }
+
+    /// Stored batches go only to a peer that said, on the connection in use, that it takes
+    /// them; a new connection (perhaps to a node restarted with another build) starts over.
+    #[test]
+    fn stored_batches_go_only_where_the_peer_said_so_on_this_connection() {
+        let peer = Peer::new("127.0.0.1:1".into());
+        assert!(!peer.takes_stored_batches(), "nothing said yet");
+        peer.stored_batches_said(true);
+        assert!(peer.takes_stored_batches());
+        peer.connections.set(peer.connections.get() + 1);
+        assert!(!peer.takes_stored_batches(), "said on another connection");
+        peer.stored_batches_said(true);
+        assert!(peer.takes_stored_batches());
+        peer.stored_batches_said(false);
+        assert!(
+            !peer.takes_stored_batches(),
+            "a build without them answered"
         );
     }
 

@@ -119,7 +119,9 @@ fn vote_from_wire(vote: proto::RaftVote) -> Vote {
 // Entries and memberships.
 // ---------------------------------------------------------------------------------------------
 
-pub fn encode_entry(entry: &Entry) -> proto::RaftEntry {
+/// `stored_batches`: the receiver takes kind STORED_BATCH (`RaftAppendResponse.stored_batches`);
+/// otherwise a records entry goes as NORMAL, which every node takes.
+pub fn encode_entry(entry: &Entry, stored_batches: bool) -> proto::RaftEntry {
     let mut wire = proto::RaftEntry {
         term: entry.log_id.leader_id.term,
         index: entry.log_id.index,
@@ -127,7 +129,7 @@ pub fn encode_entry(entry: &Entry) -> proto::RaftEntry {
     };
     match &entry.payload {
         EntryPayload::Blank => wire.kind = proto::RaftEntryKind::Blank as i32,
-        EntryPayload::Normal(batch) => match &batch.stored {
+        EntryPayload::Normal(batch) => match batch.stored.as_ref().filter(|_| stored_batches) {
             Some(stored) => {
                 wire.kind = proto::RaftEntryKind::StoredBatch as i32;
                 wire.batch = stored.bytes().clone();
@@ -276,13 +278,18 @@ pub fn encode_append_request(
     partition: u32,
     from_node: u64,
     request: &AppendEntriesRequest<TypeConfig>,
+    stored_batches: bool,
 ) -> proto::RaftAppendRequest {
     proto::RaftAppendRequest {
         partition,
         from_node,
         vote: Some(encode_vote(&request.vote)),
         prev_log_id: encode_log_id(request.prev_log_id.as_ref()),
-        entries: request.entries.iter().map(encode_entry).collect(),
+        entries: request
+            .entries
+            .iter()
+            .map(|e| encode_entry(e, stored_batches))
+            .collect(),
         leader_commit: encode_log_id(request.leader_commit.as_ref()),
     }
 }
@@ -302,11 +309,17 @@ pub fn decode_append_request(
     })
 }
 
+/// `stored_batches`: this node takes entries of kind STORED_BATCH (always, except when it
+/// plays a node built before them, `--inject-legacy-replication`).
 pub fn encode_append_response(
     response: &AppendEntriesResponse<TypeConfig>,
+    stored_batches: bool,
 ) -> proto::RaftAppendResponse {
     use proto::RaftAppendResult as R;
-    let mut wire = proto::RaftAppendResponse::default();
+    let mut wire = proto::RaftAppendResponse {
+        stored_batches,
+        ..proto::RaftAppendResponse::default()
+    };
     match response {
         AppendEntriesResponse::Success => wire.result = R::Success as i32,
         AppendEntriesResponse::PartialSuccess(matched) => {
@@ -322,7 +335,15 @@ pub fn encode_append_response(
     wire
 }
 
+/// The response, and whether its sender takes entries of kind STORED_BATCH.
 pub fn decode_append_response(
+    wire: proto::RaftAppendResponse,
+) -> Result<(AppendEntriesResponse<TypeConfig>, bool), WireError> {
+    let stored_batches = wire.stored_batches;
+    decode_append_result(wire).map(|r| (r, stored_batches))
+}
+
+fn decode_append_result(
     wire: proto::RaftAppendResponse,
 ) -> Result<AppendEntriesResponse<TypeConfig>, WireError> {
     use proto::RaftAppendResult as R;
@@ -614,8 +635,42 @@ mod tests {
     #[test]
     fn every_entry_kind_round_trips() {
         for entry in every_entry() {
-            let wire = through_bytes(&encode_entry(&entry));
-            assert_eq!(decode_entry(wire).as_ref(), Ok(&entry), "{entry:?}");
+            for stored_batches in [true, false] {
+                let wire = through_bytes(&encode_entry(&entry, stored_batches));
+                assert_eq!(decode_entry(wire).as_ref(), Ok(&entry), "{entry:?}");
+            }
+        }
+    }
+
+    /// A peer that has not said it takes STORED_BATCH (a node built before the kind) is sent
+    /// the same records as a NORMAL entry, which it stores the same way.
+    #[test]
+    fn without_the_peers_word_a_stored_batch_goes_as_a_normal_entry() {
+        let entry = stored(3, 9, &[b"abc", b"de"]);
+        let EntryPayload::Normal(sent) = &entry.payload else {
+            unreachable!()
+        };
+        let wire = encode_entry(&entry, false);
+        assert_eq!(wire.kind, proto::RaftEntryKind::Normal as i32);
+        assert!(wire.batch.is_empty());
+        assert_eq!(
+            (wire.timestamp_ms, wire.count, &wire.body),
+            (sent.timestamp_ms, sent.count, &sent.body)
+        );
+        let decoded = decode_entry(through_bytes(&wire)).unwrap();
+        assert_eq!(decoded, entry);
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: vote(3, 1, true),
+            prev_log_id: None,
+            entries: vec![entry],
+            leader_commit: None,
+        };
+        for (stored_batches, kind) in [
+            (true, proto::RaftEntryKind::StoredBatch),
+            (false, proto::RaftEntryKind::Normal),
+        ] {
+            let wire = encode_append_request(0, 1, &request, stored_batches);
+            assert_eq!(wire.entries[0].kind, kind as i32);
         }
     }
 
@@ -628,7 +683,7 @@ mod tests {
             entries: vec![entry],
             leader_commit: None,
         };
-        let bytes = Bytes::from(encode_append_request(0, 1, &request).encode_to_vec());
+        let bytes = Bytes::from(encode_append_request(0, 1, &request, true).encode_to_vec());
         let wire = proto::RaftAppendRequest::decode(bytes.clone()).unwrap();
         let decoded = decode_append_request(wire).unwrap();
         let EntryPayload::Normal(batch) = &decoded.entries[0].payload else {
@@ -653,7 +708,7 @@ mod tests {
                 entries,
                 leader_commit,
             };
-            let wire = through_bytes(&encode_append_request(9, 1, &request));
+            let wire = through_bytes(&encode_append_request(9, 1, &request, true));
             assert_eq!((wire.partition, wire.from_node), (9, 1));
             let decoded = decode_append_request(wire).unwrap();
             assert_eq!(decoded.vote, request.vote);
@@ -673,8 +728,13 @@ mod tests {
             AppendEntriesResponse::HigherVote(vote(4, 2, false)),
             AppendEntriesResponse::HigherVote(vote(4, 2, true)),
         ] {
-            let wire = through_bytes(&encode_append_response(&response));
-            assert_eq!(decode_append_response(wire), Ok(response));
+            for stored_batches in [true, false] {
+                let wire = through_bytes(&encode_append_response(&response, stored_batches));
+                assert_eq!(
+                    decode_append_response(wire),
+                    Ok((response.clone(), stored_batches))
+                );
+            }
         }
     }
 
@@ -867,7 +927,7 @@ mod tests {
 
     #[test]
     fn a_normal_entry_whose_body_is_not_its_record_count_is_refused() {
-        let good = encode_entry(&normal(2, 5, &[b"abc", b"de"]));
+        let good = encode_entry(&normal(2, 5, &[b"abc", b"de"]), true);
         for (count, body) in [
             (3, good.body.clone()),
             (1, good.body.clone()),
@@ -929,7 +989,7 @@ mod tests {
             let EntryPayload::Normal(sent) = &entry.payload else {
                 unreachable!()
             };
-            let wire = encode_entry(&entry);
+            let wire = encode_entry(&entry, true);
             assert_eq!(wire.kind, proto::RaftEntryKind::StoredBatch as i32);
             assert!(
                 wire.body.is_empty(),
@@ -965,7 +1025,7 @@ mod tests {
 
     #[test]
     fn a_stored_batch_that_is_damaged_or_names_another_entry_is_refused() {
-        let good = encode_entry(&stored(3, 9, &[b"abc", b"de"]));
+        let good = encode_entry(&stored(3, 9, &[b"abc", b"de"]), true);
         let mut flipped = good.batch.to_vec();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x01;
@@ -1113,6 +1173,7 @@ mod tests {
                     entries: every_entry(),
                     leader_commit: Some(log_id(1, 1)),
                 },
+                true,
             )
             .encode_to_vec(),
             encode_snapshot_meta(&SnapshotMeta {
