@@ -1,7 +1,8 @@
 //! loadgen's own tests, against real `corelog serve` processes (issue 4): a short run finds no
 //! violations; nodes that drop or corrupt records (the hidden `--inject-fault` hook) are
 //! caught; the JSON report has every documented key; bad flags give one clear line and exit
-//! code 2.
+//! code 2; a cluster whose nodes are named by host (`localhost:PORT`) is loaded through such a
+//! name.
 //!
 //! Why these tests live in the root package: here Cargo hands us the node binary
 //! (`CARGO_BIN_EXE_corelog`), fresh, built with the same profile. loadgen is another package,
@@ -16,6 +17,8 @@
 //! O_DIRECT) and are removed when a test passes. Every run is bounded: loadgen runs 2 s plus
 //! its drain, and every child process is killed after [`CHILD_TIMEOUT_S`].
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -23,6 +26,7 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, start_cluster};
 use serde_json::Value;
 
 /// The longest any child process may run.
@@ -428,6 +432,69 @@ fn an_open_loop_run_keeps_its_rate() {
     );
     assert_eq!(r["produce_detail"]["unsent_scheduled_batches"], 0, "{r}");
     assert_eq!(r["config"]["rate"], 500.0);
+}
+
+/// Nodes advertised and joined by host name (`--advertise localhost:PORT`), as on real hosts,
+/// loaded through a follower that `--addr` names by host too. loadgen looks every name up: the
+/// follower's, the group members' and the leader's that Metadata gives, and checks each node's
+/// certificate against the host name. Producers go to the leader, consumers read the other
+/// replicas (both named by host only); every record checks out. Before, `--addr localhost:PORT`
+/// was refused, and members advertised by host name could not be followed (the partition had
+/// no leader loadgen could reach). Fault model: none; this is about addressing.
+#[test]
+fn a_cluster_named_by_host_is_loaded_through_a_follower_named_by_host() {
+    let cluster = start_cluster(
+        Cluster::new("loadgen_host_names", 1)
+            .with_host_names()
+            .with_replication_factor(3),
+        3,
+    );
+    let all = cluster.ids();
+    let leader = cluster.wait_for_leader(0, &all, None);
+    let follower = all
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("three nodes");
+    let follower_by_name = format!("localhost:{}", cluster.addr(follower).port());
+    let json = cluster.dir.join("loadgen.json");
+    let mut cmd = Command::new(loadgen());
+    cmd.args(["--cluster", "--addr", &follower_by_name])
+        .arg("--tls-dir")
+        .arg(&cluster.tls)
+        .args(["--consume-from", "follower"])
+        .args(["--producers", "1", "--consumers", "1"])
+        .args(["--cores", "1", "--duration", "2s"])
+        .args(["--warmup", "0s", "--json"])
+        .arg(&json);
+    let out = run_bounded(cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "loadgen --cluster --addr {follower_by_name}: {}",
+        describe(&out)
+    );
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no JSON report ({e})\n{}", describe(&out)));
+    let r: Value = serde_json::from_str(&text).expect("the JSON report parses");
+    assert_eq!(r["violations"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["produce"]["records"].as_u64() > Some(0), "{r}");
+    assert!(r["consume"]["records"].as_u64() > Some(0), "{r}");
+    assert_eq!(r["verification"]["consumers_drained"], true, "{r}");
+    // The partition was loaded at its leader, found by the host name Metadata gives.
+    let target = &r["targets"][0];
+    assert_eq!(target["leader_id"], leader, "{r}");
+    assert_eq!(
+        target["addr"],
+        cluster.addr(leader).to_string(),
+        "the leader, where its name led: {r}"
+    );
+    assert_eq!(
+        target["replicas"].as_array().map(Vec::len),
+        Some(3),
+        "every member named by host was resolved: {r}"
+    );
 }
 
 #[test]

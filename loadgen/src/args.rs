@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use corelog::net::addr::Resolved;
 use serde::Serialize;
 
 use crate::record::{HEADER_BYTES, RECORD_BYTES_MAX};
@@ -110,10 +111,17 @@ pub enum ConsumeFrom {
 /// Flags of a load run (the default command).
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Node(s) to load, comma-separated or repeated. Each is loaded as an independent node
-    /// (with `--cluster`: nodes of one cluster to ask for its partitions' leaders).
-    #[arg(long, value_delimiter = ',', default_value = ADDR_DEFAULT)]
-    pub addr: Vec<SocketAddr>,
+    /// Node(s) to load, IP:PORT or HOST:PORT, comma-separated or repeated. Each is loaded as an
+    /// independent node (with `--cluster`: nodes of one cluster to ask for its partitions'
+    /// leaders). A host name's addresses are tried in turn; the node's certificate must name
+    /// the host.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = ADDR_DEFAULT,
+        value_name = "HOST:PORT"
+    )]
+    pub addr: Vec<String>,
     /// Load a replicated cluster: `--addr` names one or more of its nodes; each partition is
     /// loaded once, produces go to its leader (from Metadata), and a NOT_LEADER answer sends
     /// the batch on to the leader it names (counted as a reroute, not an error: the batch was
@@ -212,7 +220,13 @@ pub struct Partitions(pub Vec<u32>);
 /// A validated load run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
+    /// Where each `--addr` node is reached: its first address (after discovery, the address
+    /// that answered). In the report.
     pub addr: Vec<SocketAddr>,
+    /// `--addr` resolved, in the same order: every address of each node, and the name its
+    /// certificate must carry (the host of `HOST:PORT`, the IP address of `IP:PORT`).
+    #[serde(skip)]
+    pub resolved: Vec<Resolved>,
     /// `--addr` names nodes of one replicated cluster.
     pub cluster: bool,
     /// Cluster runs: the replica consumers read from.
@@ -337,8 +351,15 @@ impl RunArgs {
                 check_output_path(flag, path)?;
             }
         }
+        // Last: a host name is looked up (blocking), which the other checks need not wait for.
+        let resolved = self
+            .addr
+            .iter()
+            .map(|a| corelog::net::addr::resolve_blocking(a).map_err(|e| format!("--addr: {e}")))
+            .collect::<Result<Vec<Resolved>, String>>()?;
         Ok(RunConfig {
-            addr: self.addr.clone(),
+            addr: resolved.iter().map(|r| r.addrs[0]).collect(),
+            resolved,
             cluster: self.cluster,
             consume_from: self
                 .cluster
@@ -548,6 +569,56 @@ mod tests {
         assert_eq!(c.consume_from, Some(ConsumeFrom::Follower));
         let err = parse(&["--consume-from", "follower"]).unwrap_err();
         assert!(err.contains("--cluster"), "{err}");
+    }
+
+    #[test]
+    fn addresses_take_ip_or_host_names() {
+        let c = parse(&["--addr", "127.0.0.1:7401,[::1]:7402"]).unwrap();
+        assert_eq!(
+            c.addr,
+            vec![
+                "127.0.0.1:7401".parse::<SocketAddr>().unwrap(),
+                "[::1]:7402".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.resolved.len(), 2);
+        assert_eq!(c.resolved[0].addrs, vec![c.addr[0]]);
+        assert_eq!(c.resolved[0].server_name.to_str(), "127.0.0.1");
+
+        let c = parse(&["--cluster", "--addr", "localhost:7400"]).unwrap();
+        assert_eq!(c.addr.len(), 1);
+        assert!(
+            c.addr[0].ip().is_loopback() && c.addr[0].port() == 7400,
+            "{c:?}"
+        );
+        let r = &c.resolved[0];
+        assert_eq!(r.addrs[0], c.addr[0]);
+        assert!(
+            r.addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7400),
+            "{r:?}"
+        );
+        // The certificate name is the DNS name, not one of its addresses.
+        assert_eq!(r.server_name.to_str(), "localhost");
+        assert!(
+            format!("{:?}", r.server_name).starts_with("DnsName"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_address_names_the_flag_and_the_address() {
+        for (addr, why) in [
+            ("localhost", "not HOST:PORT"),
+            ("localhost:http", "not a port number"),
+            ("bad host:7400", "bad host:7400"),
+        ] {
+            let err = parse(&["--addr", addr]).unwrap_err();
+            assert!(err.contains("--addr"), "{addr}: {err}");
+            assert!(err.contains(addr), "{addr}: {err}");
+            assert!(err.contains(why), "{addr}: {err}");
+        }
     }
 
     #[test]

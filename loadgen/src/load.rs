@@ -292,6 +292,8 @@ async fn connect(index: usize, config: &RunConfig, plan: &Plan) -> Result<Client
                     config.tls_dir.display()
                 )
             })?;
+        // The host of a `HOST:PORT` node: what its certificate names.
+        client_config.server_name = config.resolved[node].server_name.clone();
         client_config.request_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
         let client = Client::connect(client_config)
             .await
@@ -335,11 +337,14 @@ async fn connect_cluster(
     plan: &Plan,
 ) -> Result<Rc<Nodes>, String> {
     let nodes = Rc::new(Nodes::new(
-        &config.addr,
+        &route::seed_addrs(&config.resolved),
         config.tls_dir.clone(),
         config.tls_name.clone(),
         Duration::from_millis(REQUEST_TIMEOUT_MS),
     ));
+    for r in &config.resolved {
+        nodes.remember(r);
+    }
     let mut used: Vec<(SocketAddr, u32)> = Vec::new();
     for a in plan.producers.iter().filter(|a| a.core == index) {
         let t = &plan.targets[a.target];
@@ -350,6 +355,10 @@ async fn connect_cluster(
         used.push((read_replicas(config, t, a.id)[0], t.partition));
     }
     for t in &plan.targets {
+        // Members named by host as discovery resolved them: no lookup on this core.
+        for n in t.replicas.iter().filter_map(|r| r.named.as_ref()) {
+            nodes.adopt(n);
+        }
         nodes.learn(t.replicas.iter().map(|r| r.addr));
     }
     used.sort_unstable();
@@ -701,8 +710,13 @@ async fn settle(
         let (addr, client) = match leader {
             Some(l) => l,
             None => {
-                let hint = state.borrow_mut().route.hint.take();
-                let addr = match hint {
+                // A hint naming a host is looked up (once per core: `Nodes::resolve`).
+                let hint = state.borrow_mut().route.take_hint();
+                let hinted = match hint {
+                    Some((name, by)) => nodes.resolve(&name).await.filter(|a| Some(*a) != by),
+                    None => None,
+                };
+                let addr = match hinted {
                     Some(a) => Some(a),
                     None => nodes.find_leader(partition).await,
                 };

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::args::ConsumeFrom;
+use crate::route::Named;
 
 /// One partition of one node under load (`--cluster`: one partition of the cluster).
 #[derive(Debug, Clone, Serialize)]
@@ -35,7 +36,12 @@ pub struct Target {
 #[derive(Debug, Clone, Serialize)]
 pub struct Replica {
     pub node_id: u64,
+    /// Where it is reached (its advertised address, or where its host name led).
     pub addr: SocketAddr,
+    /// Advertised by host name: the name and its lookup, for each core's
+    /// [`Nodes`](crate::route::Nodes) (not in the report).
+    #[serde(skip)]
+    pub named: Option<Named>,
 }
 
 impl Target {

@@ -3,6 +3,10 @@
 //! the [`Plan`], start one pinned glommio executor per CPU (`load.rs`), start them all at
 //! once, print a progress line a second, then merge the cores' results and judge what the
 //! consumers saw against what the producers had acknowledged.
+//!
+//! A `--addr` node named `HOST:PORT` is reached at the first of its addresses that answers,
+//! and its certificate is checked against the host name; cluster members advertised by host
+//! name are looked up as `route.rs` says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -42,7 +46,7 @@ const LEADER_WAIT_MS: u64 = 10_000;
 pub struct SetupError(pub String);
 
 /// Runs the load described by `config`; returns the report (its `exit_code` says how it went).
-pub fn run(config: RunConfig) -> Result<Report, SetupError> {
+pub fn run(mut config: RunConfig) -> Result<Report, SetupError> {
     let epoch = Instant::now();
     corelog::io::ensure_memlock(corelog::io::memlock_bytes_wanted(
         config.cpus.len(),
@@ -52,7 +56,9 @@ pub fn run(config: RunConfig) -> Result<Report, SetupError> {
     let targets = if config.cluster {
         discover_cluster(&config)?
     } else {
-        let metas = discover(&config)?;
+        let (answered, metas) = discover(&config)?;
+        // The cores connect, and the report names the node, where it answered.
+        config.addr = answered;
         build_targets(&config, &metas)?
     };
     let producers = config.producers.unwrap_or(targets.len() as u32);
@@ -122,34 +128,50 @@ pub fn run(config: RunConfig) -> Result<Report, SetupError> {
     Ok(finish(&config, &plan, &timeline, reports))
 }
 
-/// Asks every node for its partitions, on a short-lived executor of its own.
-fn discover(config: &RunConfig) -> Result<Vec<MetadataResponse>, SetupError> {
-    let addrs = config.addr.clone();
+/// Asks every node for its partitions, on a short-lived executor of its own; returns where
+/// each node answered (the first of its addresses that accepts a connection) and what it said.
+fn discover(config: &RunConfig) -> Result<(Vec<SocketAddr>, Vec<MetadataResponse>), SetupError> {
+    let nodes = config.resolved.clone();
     let (tls_dir, tls_name) = (config.tls_dir.clone(), config.tls_name.clone());
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .name("loadgen-discover")
         .io_memory(IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let mut metas = Vec::new();
-            for addr in addrs {
-                let client_config = ClientConfig::new(addr, &tls_dir, &tls_name).map_err(|e| {
-                    format!(
-                        "TLS material in {} (start the dev node with `corelog serve`, which creates \
-                     it, or give --tls-dir/--tls-name): {e}",
-                        tls_dir.display()
-                    )
-                })?;
-                let client = Client::connect(client_config).await.map_err(|e| {
-                    format!("cannot reach the node at {addr} (is `corelog serve` running?): {e}")
-                })?;
+            let (mut answered, mut metas) = (Vec::new(), Vec::new());
+            for node in nodes {
+                let mut client = Err(String::new());
+                for &addr in &node.addrs {
+                    let mut client_config =
+                        ClientConfig::new(addr, &tls_dir, &tls_name).map_err(|e| {
+                            format!(
+                                "TLS material in {} (start the dev node with `corelog serve`, \
+                                 which creates it, or give --tls-dir/--tls-name): {e}",
+                                tls_dir.display()
+                            )
+                        })?;
+                    client_config.server_name = node.server_name.clone();
+                    client = Client::connect(client_config)
+                        .await
+                        .map(|c| (addr, c))
+                        .map_err(|e| {
+                            format!(
+                                "cannot reach the node at {addr} (is `corelog serve` running?): {e}"
+                            )
+                        });
+                    if client.is_ok() {
+                        break;
+                    }
+                }
+                let (addr, client) = client?;
                 metas.push(
                     client
                         .metadata()
                         .await
                         .map_err(|e| format!("metadata from {addr}: {e}"))?,
                 );
+                answered.push(addr);
             }
-            Ok::<_, String>(metas)
+            Ok::<_, String>((answered, metas))
         })
         .map_err(|e| SetupError(format!("cannot start an executor: {e}")))?;
     match handle.join() {
@@ -162,7 +184,7 @@ fn discover(config: &RunConfig) -> Result<Vec<MetadataResponse>, SetupError> {
 /// short-lived executor of its own; waits out a running election for up to
 /// [`LEADER_WAIT_MS`].
 fn discover_cluster(config: &RunConfig) -> Result<Vec<Target>, SetupError> {
-    let seeds = config.addr.clone();
+    let resolved = config.resolved.clone();
     let (tls_dir, tls_name) = (config.tls_dir.clone(), config.tls_name.clone());
     let (wanted, from) = (config.partitions.clone(), config.from);
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
@@ -170,7 +192,11 @@ fn discover_cluster(config: &RunConfig) -> Result<Vec<Target>, SetupError> {
         .io_memory(IO_MEMORY_BYTES)
         .spawn(move || async move {
             let timeout = Duration::from_millis(load::REQUEST_TIMEOUT_MS);
+            let seeds = route::seed_addrs(&resolved);
             let nodes = Nodes::new(&seeds, tls_dir.clone(), tls_name, timeout);
+            for r in &resolved {
+                nodes.remember(r);
+            }
             let mut meta = None;
             let mut last_error = String::new();
             for addr in &seeds {
@@ -229,7 +255,8 @@ async fn cluster_target(nodes: &Nodes, partition: u32, from: From) -> Result<Tar
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "partition {partition} has no leader after {} s (`corelog servers` shows the                  cluster)",
+                "partition {partition} has no leader after {} s (`corelog servers` shows the \
+                 cluster)",
                 LEADER_WAIT_MS / 1000
             ));
         }
@@ -238,16 +265,17 @@ async fn cluster_target(nodes: &Nodes, partition: u32, from: From) -> Result<Tar
     let info = partition_info(nodes, leader, partition)
         .await
         .map_err(|e| format!("metadata from the leader of partition {partition}: {e}"))?;
-    let replicas: Vec<Replica> = info
-        .members
-        .iter()
-        .filter_map(|m| {
-            Some(Replica {
+    // Members whose name does not resolve are left out.
+    let mut replicas = Vec::with_capacity(info.members.len());
+    for m in &info.members {
+        if let Some(addr) = nodes.resolve(&m.addr).await {
+            replicas.push(Replica {
                 node_id: m.node_id,
-                addr: m.addr.parse().ok()?,
-            })
-        })
-        .collect();
+                addr,
+                named: nodes.named(&m.addr),
+            });
+        }
+    }
     let mut lowest_high = info.high_watermark;
     for r in replicas.iter().filter(|r| r.addr != leader) {
         if let Ok(i) = partition_info(nodes, r.addr, partition).await {
