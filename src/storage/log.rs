@@ -152,6 +152,15 @@ struct Shared {
     /// A failed write stops the log instead of handing the failed offsets out again
     /// ([`Log::stop_on_write_error`]).
     stop_on_write_error: std::cell::Cell<bool>,
+    /// Stored batches encoded again because their base offset was not the one they got here
+    /// ([`Log::submit_stored`]); logged at 1, 2, 4, 8, ... so a run of them cannot flood the
+    /// log.
+    stored_reencoded: std::cell::Cell<u64>,
+}
+
+/// Whether the `n`th occurrence of something (from 1) is logged: 1, 2, 4, 8, ...
+fn log_occurrence(n: u64) -> bool {
+    n.is_power_of_two()
 }
 
 /// One group commit's place in the `fdatasync` chain.
@@ -357,6 +366,7 @@ impl Log {
             writes_done: std::cell::Cell::new(0),
             synced_through: RefCell::new(None),
             stop_on_write_error: std::cell::Cell::new(false),
+            stored_reencoded: std::cell::Cell::new(0),
         });
         match recovered.truncate_marker {
             Some(Marker::Offset(cut)) => {
@@ -608,12 +618,16 @@ impl Log {
                 if base == header.base_offset {
                     return bytes;
                 }
-                log::warn!(
-                    "{}: a batch for offset {} lands at {}; encoding it again",
-                    self.shared.dir.display(),
-                    header.base_offset,
-                    base
-                );
+                let n = self.shared.stored_reencoded.get() + 1;
+                self.shared.stored_reencoded.set(n);
+                if log_occurrence(n) {
+                    log::warn!(
+                        "{}: a batch for offset {} lands at {}; encoding it again ({n} so far)",
+                        self.shared.dir.display(),
+                        header.base_offset,
+                        base
+                    );
+                }
                 format::encode_records_body(
                     base,
                     header.record_count,
