@@ -109,6 +109,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::net::conn::SNAPSHOT_BYTES_MAX_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
     pub snapshot_bytes_max: u64,
+    /// How often each core checks whether this node leads more partitions than its share
+    /// and hands one to the voter that leads the fewest (0: never). Partitions start led by
+    /// the node that bootstrapped them; this spreads the leaders, and so the write load.
+    #[arg(long, default_value_t = 10_000)]
+    pub leader_balance_interval_ms: u64,
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = 50, hide = true)]
     pub raft_heartbeat_ms: u64,
@@ -197,6 +202,8 @@ pub struct ReplicationConfig {
     pub timing: crate::raft::group::RaftTiming,
     /// `--snapshot-bytes-max`: the largest snapshot one transfer may assemble.
     pub snapshot_bytes_max: u64,
+    /// `--leader-balance-interval-ms`; `None`: no leader balancing.
+    pub leader_balance_interval: Option<Duration>,
 }
 
 /// A validated node configuration.
@@ -306,6 +313,8 @@ impl NodeConfig {
                 leader_wait_ms: args.leader_wait_ms,
                 timing,
                 snapshot_bytes_max: args.snapshot_bytes_max,
+                leader_balance_interval: (args.leader_balance_interval_ms > 0)
+                    .then(|| Duration::from_millis(args.leader_balance_interval_ms)),
             })
         } else {
             None

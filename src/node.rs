@@ -372,7 +372,51 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
         }
         shard.add_group(group);
     }
+    if let Some(every) = replication.leader_balance_interval {
+        glommio::spawn_local(balance_leaders(shard.clone(), every)).detach();
+    }
     Ok(())
+}
+
+/// How long a leader balancing transfer may take before the next check.
+const BALANCE_TRANSFER_MS: u64 = 2_000;
+
+/// Leader balancing for this core's groups (src/raft/balance.rs), every `every`: at most one
+/// leadership transfer per check.
+async fn balance_leaders(shard: Rc<Shard>, every: Duration) {
+    let me = shard.node.config.node_id;
+    while !shard.is_shutting_down() {
+        futures_lite::future::or(crate::io::sleep(every), async {
+            let seen = shard.shutdown.generation();
+            if !shard.is_shutting_down() {
+                shard.shutdown.wait(seen).await;
+            }
+        })
+        .await;
+        if shard.is_shutting_down() {
+            return;
+        }
+        let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
+        let views: Vec<_> = groups.iter().map(|g| g.balance_view()).collect();
+        let Some((partition, to)) = crate::raft::balance::choose_transfer(me, &views) else {
+            continue;
+        };
+        let Some(group) = groups.iter().find(|g| g.partition == partition) else {
+            continue;
+        };
+        let led = views.iter().filter(|v| v.leader == Some(me)).count();
+        log::info!(
+            "partition {partition}: node {me} leads {led} of this core's {} partitions; \
+             handing leadership to node {to}, which leads fewer",
+            views.len()
+        );
+        if !group
+            .transfer_leadership_to(to, Duration::from_millis(BALANCE_TRANSFER_MS))
+            .await
+        {
+            log::info!("partition {partition}: node {to} did not take over; will check again");
+        }
+    }
 }
 
 /// Replicated partitions: size/age retention, through Raft, every `retention_check_ms`.

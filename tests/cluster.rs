@@ -1183,6 +1183,45 @@ fn a_node_that_does_not_know_stored_batches_is_sent_normal_entries() {
     );
 }
 
+/// Leader balancing: node 1 bootstraps every partition and leads them all; with
+/// `--leader-balance-interval-ms` it hands partitions to the voters that lead fewer, until
+/// the nodes lead counts that differ by at most one (here: the two partitions on two different
+/// nodes), and then nothing moves. Writes go on throughout, following the leaders; every
+/// acknowledged record is on every replica.
+#[test]
+fn leaders_spread_over_the_nodes_and_stay() {
+    let cluster = start_cluster(
+        new_cluster("cluster_balance").with_leader_balance_ms(300),
+        3,
+    );
+    let all = cluster.ids();
+    let mut acked = produce(&cluster.client(), "before", 3, 10);
+    let leaders = |cluster: &Cluster| -> Vec<u64> {
+        (0..PARTITIONS)
+            .map(|p| cluster.wait_for_leader(p, &all, None))
+            .collect()
+    };
+    let deadline = Instant::now() + CONVERGE;
+    let spread = loop {
+        merge(&mut acked, produce(&cluster.client(), "during", 1, 10));
+        let now = leaders(&cluster);
+        if now.iter().collect::<std::collections::BTreeSet<_>>().len() == now.len() {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders never spread: {now:?} lead partitions 0..{PARTITIONS}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("leaders of partitions 0..{PARTITIONS}: {spread:?}");
+    // Ten more balancing intervals: balanced leaders stay where they are.
+    std::thread::sleep(Duration::from_millis(3_000));
+    assert_eq!(leaders(&cluster), spread, "balanced leaders moved again");
+    merge(&mut acked, produce(&cluster.client(), "after", 3, 10));
+    assert_replicas_agree(&cluster, &all, &acked);
+}
+
 /// A connection from the leader to a follower that goes silent without closing is replaced
 /// while the cluster is idle, on heartbeat timeouts alone.
 ///

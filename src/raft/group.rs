@@ -365,6 +365,44 @@ impl Group {
         Some(self.is_leader())
     }
 
+    /// This group as the leader balancer sees it ([`crate::raft::balance`]).
+    pub fn balance_view(&self) -> crate::raft::balance::GroupView {
+        let (_, voters) = self.members();
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let caught_up = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|(id, matched)| matched.map(|l| (*id, l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::raft::balance::GroupView {
+            partition: self.partition,
+            leader: m.current_leader,
+            voters,
+            caught_up,
+        }
+    }
+
+    /// Hands this group's leadership to voter `to` (openraft's leadership transfer) and waits
+    /// up to `timeout` for this node to step down; whether it did.
+    pub async fn transfer_leadership_to(&self, to: NodeId, timeout: Duration) -> bool {
+        if !self.is_leader() || self.raft.trigger().transfer_leader(to).await.is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_leader() {
+                return true;
+            }
+            crate::io::sleep(Duration::from_millis(10)).await;
+        }
+        !self.is_leader()
+    }
+
     /// Counts a vote granted although this node held its leader's lease, because that leader
     /// was gone (the voter's side of [`Group::take_over`]; shown on /stats).
     pub fn count_takeover_vote(&self) {

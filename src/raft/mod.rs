@@ -1,5 +1,6 @@
 //! Replication: one openraft group per partition (see DESIGN.md §3).
 
+pub mod balance;
 pub mod group;
 pub mod liveness;
 pub mod network;

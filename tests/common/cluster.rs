@@ -44,6 +44,9 @@ pub struct Cluster {
     advertise: bool,
     /// Whether nodes advertise and join by `localhost:PORT` instead of `127.0.0.1:PORT`.
     host_names: bool,
+    /// `--leader-balance-interval-ms` of every node: 0 (off) unless a test turns it on, so
+    /// that leaders move only when a test makes them.
+    leader_balance_ms: u64,
     /// `--replication-factor` of every node, if given.
     replication_factor: Option<u64>,
     /// More flags for every node.
@@ -79,6 +82,7 @@ impl Cluster {
             partitions,
             advertise: false,
             host_names: false,
+            leader_balance_ms: 0,
             replication_factor: None,
             args: Vec::new(),
             ports: BTreeMap::new(),
@@ -112,6 +116,12 @@ impl Cluster {
         );
         self.advertise = true;
         self.host_names = true;
+        self
+    }
+
+    /// Leader balancing every `ms` on every node (off by default in tests).
+    pub fn with_leader_balance_ms(mut self, ms: u64) -> Cluster {
+        self.leader_balance_ms = ms;
         self
     }
 
@@ -210,6 +220,7 @@ impl Cluster {
         let id_s = id.to_string();
         let partitions = self.partitions.to_string();
         let rf = self.replication_factor.map(|n| n.to_string());
+        let balance = self.leader_balance_ms.to_string();
         let join = (id != 1 && join).then(|| {
             if self.host_names {
                 format!("localhost:{}", self.ports[&1])
@@ -237,6 +248,7 @@ impl Cluster {
         if let Some(rf) = &rf {
             args.extend(["--replication-factor", rf]);
         }
+        args.extend(["--leader-balance-interval-ms", &balance]);
         args.extend(self.args.iter().map(String::as_str));
         args.extend_from_slice(extra);
         match &join {
