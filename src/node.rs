@@ -385,17 +385,7 @@ const BALANCE_TRANSFER_MS: u64 = 2_000;
 /// leadership transfer per check.
 async fn balance_leaders(shard: Rc<Shard>, every: Duration) {
     let me = shard.node.config.node_id;
-    while !shard.is_shutting_down() {
-        futures_lite::future::or(crate::io::sleep(every), async {
-            let seen = shard.shutdown.generation();
-            if !shard.is_shutting_down() {
-                shard.shutdown.wait(seen).await;
-            }
-        })
-        .await;
-        if shard.is_shutting_down() {
-            return;
-        }
+    while sleep_unless_stopping(&shard, every).await {
         let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
         let views: Vec<_> = groups.iter().map(|g| g.balance_view()).collect();
         let Some((partition, to)) = crate::raft::balance::choose_transfer(me, &views) else {
@@ -419,21 +409,23 @@ async fn balance_leaders(shard: Rc<Shard>, every: Duration) {
     }
 }
 
+/// Sleeps `every`, cut short by the shutdown; whether the node is still running.
+async fn sleep_unless_stopping(shard: &Rc<Shard>, every: Duration) -> bool {
+    futures_lite::future::or(crate::io::sleep(every), async {
+        let seen = shard.shutdown.generation();
+        if !shard.is_shutting_down() {
+            shard.shutdown.wait(seen).await;
+        }
+    })
+    .await;
+    !shard.is_shutting_down()
+}
+
 /// Replicated partitions: size/age retention, through Raft, every `retention_check_ms`.
 async fn retention_loop(shard: Rc<Shard>, group: Group) {
     let config = &shard.node.config.log;
     let every = Duration::from_millis(config.retention_check_ms);
-    while !shard.is_shutting_down() {
-        futures_lite::future::or(crate::io::sleep(every), async {
-            let seen = shard.shutdown.generation();
-            if !shard.is_shutting_down() {
-                shard.shutdown.wait(seen).await;
-            }
-        })
-        .await;
-        if shard.is_shutting_down() {
-            return;
-        }
+    while sleep_unless_stopping(&shard, every).await {
         match group
             .apply_retention(config.retention_bytes, config.retention_ms)
             .await

@@ -1084,13 +1084,7 @@ fn nodes_advertised_by_host_name_are_joined_and_followed() {
             .with_replication_factor(3),
         3,
     );
-    let all = cluster.ids();
-    let leader = cluster.wait_for_leader(0, &all, None);
-    let follower = all
-        .iter()
-        .copied()
-        .find(|id| *id != leader)
-        .expect("three nodes");
+    let (leader, follower) = cluster.leader_and_follower(0);
     let servers = cluster.cli(&["servers"], follower, &["--json"], "");
     assert!(servers.status.success(), "{servers:?}");
     let doc: serde_json::Value = serde_json::from_slice(&servers.stdout).expect("servers --json");
@@ -1261,12 +1255,7 @@ fn a_silent_connection_to_an_idle_follower_is_re_dialed() {
         3,
     );
     let all = cluster.ids();
-    let leader = cluster.wait_for_leader(0, &all, None);
-    let follower = all
-        .iter()
-        .copied()
-        .find(|id| *id != leader)
-        .expect("three nodes");
+    let (leader, follower) = cluster.leader_and_follower(0);
     // The leader names a peer by the address it dials: the follower's proxy.
     let dialed = format!("peer {}:", cluster.advertised(follower));
     let client = cluster.client();

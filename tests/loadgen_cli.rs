@@ -449,13 +449,7 @@ fn a_cluster_named_by_host_is_loaded_through_a_follower_named_by_host() {
             .with_replication_factor(3),
         3,
     );
-    let all = cluster.ids();
-    let leader = cluster.wait_for_leader(0, &all, None);
-    let follower = all
-        .iter()
-        .copied()
-        .find(|id| *id != leader)
-        .expect("three nodes");
+    let (leader, follower) = cluster.leader_and_follower(0);
     let follower_by_name = format!("localhost:{}", cluster.addr(follower).port());
     let json = cluster.dir.join("loadgen.json");
     let mut cmd = Command::new(loadgen());

@@ -373,6 +373,17 @@ impl Cluster {
         })
     }
 
+    /// The leader of `partition` all nodes agree on, and one of its followers.
+    pub fn leader_and_follower(&self, partition: u32) -> (u64, u64) {
+        let all = self.ids();
+        let leader = self.wait_for_leader(partition, &all, None);
+        let follower = all
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("a cluster of more than one node");
+        (leader, follower)
+    }
+
     /// Cuts node `id` off from its peers: its proxy refuses everything, and the other proxies
     /// refuse what it dials. Clients of the test still reach it at its listen address.
     pub fn isolate(&self, id: u64) {
