@@ -616,6 +616,15 @@ impl Connection {
         let Some(raft) = self.raft_group(corr, partition, &mut permit) else {
             return;
         };
+        // A stopping node takes no leadership (a balancing or hand-off transfer from a peer
+        // that has not seen it stop): it would only have to hand it on, or die with it.
+        if req.to_node_id == self.shard.node.config.node_id && self.shard.is_shutting_down() {
+            let err = errors::unavailable(format!(
+                "node {} is stopping: it takes no leadership of partition {partition}",
+                self.shard.node.config.node_id
+            ));
+            return self.send_error(corr, err, permit);
+        }
         let rpc = match wire::decode_transfer_leader_request(req) {
             Ok(rpc) => rpc,
             Err(e) => return self.bad_peer_body(corr, &e, permit),

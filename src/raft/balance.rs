@@ -27,8 +27,9 @@ pub struct GroupView {
     pub partition: Partition,
     pub leader: Option<NodeId>,
     pub voters: BTreeSet<NodeId>,
-    /// Voters that answer replication (this node leads the group), with how far their log
-    /// goes; targets are taken from these only.
+    /// Voters that hold every entry this node's log does (this node leads the group), with
+    /// how far their log goes; targets are taken from these only (a target that is behind when
+    /// the transfer reaches it ignores it, and the group waits for an election).
     pub caught_up: BTreeMap<NodeId, u64>,
 }
 

@@ -370,12 +370,19 @@ impl Group {
         let (_, voters) = self.members();
         let m = self.raft.metrics();
         let m = m.borrow_watched();
+        // Only a voter that holds everything this leader does: a target whose log is behind
+        // when the transfer reaches it ignores it, and the group waits for an election.
+        let last = m.last_log_index;
         let caught_up = m
             .replication
             .as_ref()
             .map(|r| {
                 r.iter()
-                    .filter_map(|(id, matched)| matched.map(|l| (*id, l.index)))
+                    .filter_map(|(id, matched)| {
+                        matched
+                            .filter(|l| Some(l.index) >= last)
+                            .map(|l| (*id, l.index))
+                    })
                     .collect()
             })
             .unwrap_or_default();
