@@ -621,6 +621,40 @@ fn acl_denies_produce_to_a_consume_only_client_and_everything_to_an_unlisted_one
     assert!(node.terminate().success());
 }
 
+/// `--addr` takes `IP:PORT` or `HOST:PORT`; anything else is refused before any connection,
+/// in one line that names the flag and the address, with exit code 2. (No lookup is made for
+/// these: they are malformed, and tests send nothing past loopback.)
+#[test]
+fn a_client_command_with_a_malformed_address_says_so_in_one_line_and_exits_2() {
+    for (addr, why) in [
+        ("no-port", "is not HOST:PORT"),
+        ("localhost:http", "is not a port number"),
+        ("localhost:70000", "is not a port number"),
+        ("bad host:7400", "bad host:7400"),
+    ] {
+        let out = run_cli(
+            &[
+                "produce",
+                "--partition",
+                "0",
+                "--addr",
+                addr,
+                "--value",
+                "x",
+            ],
+            None,
+            "",
+        );
+        assert_eq!(out.status.code(), Some(2), "--addr {addr}: {out:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "--addr {addr}: {err}");
+        assert!(
+            err.contains("--addr") && err.contains(why),
+            "--addr {addr}: {err}"
+        );
+    }
+}
+
 #[test]
 fn stats_endpoint_values_move_after_traffic() {
     let node = TestNode::start("e2e-stats", &["--partitions", "2"]);

@@ -617,8 +617,10 @@ impl Connection {
             return;
         };
         // A stopping node takes no leadership (a balancing or hand-off transfer from a peer
-        // that has not seen it stop): it would only have to hand it on, or die with it.
-        if req.to_node_id == self.shard.node.config.node_id && self.shard.is_shutting_down() {
+        // that has not seen it stop): it would only have to hand it on, or die with it. From
+        // the signal on, through its own hand-off, not only once the shard drains.
+        let stopping = self.shard.node.shutting_down() || self.shard.is_shutting_down();
+        if req.to_node_id == self.shard.node.config.node_id && stopping {
             let err = errors::unavailable(format!(
                 "node {} is stopping: it takes no leadership of partition {partition}",
                 self.shard.node.config.node_id

@@ -351,16 +351,8 @@ impl Group {
         };
         let to = to?;
         tried.insert(to);
-        if self.raft.trigger().transfer_leader(to).await.is_err() {
-            return Some(self.is_leader());
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let state = self.raft.metrics().borrow_watched().state;
-            if state != ServerState::Leader {
-                return Some(false);
-            }
-            crate::io::sleep(Duration::from_millis(10)).await;
+        if self.transfer_leadership_to(to, timeout).await {
+            return Some(false);
         }
         Some(self.is_leader())
     }
