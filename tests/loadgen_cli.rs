@@ -547,6 +547,14 @@ fn baseline_measures_disk_and_loopback() {
         r["disk"]["sync_4k_rewrite_latency_us"]["p50"].as_u64() > Some(0),
         "{r}"
     );
+    // Three synced writers at once made something durable, and not more than the disk's
+    // unsynced bandwidth allows (each writer's figure is over its own run).
+    let replicas = r["disk"]["write_sync_fallocated_replica_files_mb_per_s"].as_f64();
+    assert!(replicas > Some(0.0), "{r}");
+    assert!(
+        replicas < Some(3.0 * r["disk"]["write_mb_per_s"].as_f64().unwrap_or(0.0)),
+        "{r}"
+    );
     assert!(r["loopback_tcp"]["mb_per_s"].as_f64() > Some(0.0), "{r}");
     assert!(r["ceiling_mb_per_s"].as_f64() > Some(0.0), "{r}");
     let leftovers: Vec<_> = std::fs::read_dir(&dir.0)

@@ -12,8 +12,12 @@
 #        (e.g. NODE_ARGS="--fsync interval:10" shows what the syncs cost; UNSAFE acks).
 #
 # Release builds; 1 KiB records, one partition, durable acks (`fsync = always`). Per round:
+#   disk    — `loadgen baseline` on the same disk: among others, 1 MiB write + fdatasync in one
+#             file, and in three files at once (what three replicas sharing this disk can make
+#             durable together: a one-host cluster acknowledges at most a third of it)
 #   single  — one standalone node on CPU 0 (fresh data directory), loadgen on CPU 1:
-#             produce-max (64 records per request, 32 in flight) and 1-in-flight (1 record)
+#             produce-max (64 records per request, 32 in flight), produce-saturating (128 in
+#             flight: the node's own ceiling) and 1-in-flight (1 record)
 #   cluster — three nodes (fresh data directories): node 1 on CPU 0 bootstraps, nodes 2 and 3
 #             join it, on CPUs 1 and 0; loadgen --cluster on CPU 1; the same two rows once
 #             every node is a voter of partition 0. Three nodes and loadgen on two CPUs
@@ -120,6 +124,7 @@ rows() { # PREFIX REPLICAS EXTRA_LOADGEN_FLAGS...
     shift 2
     local common=(--duration "$DURATION" --warmup "$WARMUP" --producers 1 --consumers 0)
     measure "$prefix-produce" "$replicas" "$@" "${common[@]}" --batch-records 64 --in-flight 32
+    measure "$prefix-saturate" "$replicas" "$@" "${common[@]}" --batch-records 64 --in-flight 128
     measure "$prefix-single" "$replicas" "$@" "${common[@]}" --batch-records 1 --in-flight 1
 }
 
@@ -138,6 +143,9 @@ any(0 in x['partitions_led'] for x in s) else 1)"; then
 }
 
 for round in $(seq "$ROUNDS"); do
+    echo "== round $round: disk baseline"
+    "$LOADGEN" baseline --dir "$OUT" --duration 1s --cpuset "$LOADGEN_CPU,${CPUS[0]}" \
+        --json "$OUT/r$round-baseline.json" | tee "$OUT/r$round-baseline.txt"
     echo "== round $round: single node"
     rm -rf "$OUT/single"
     start_node "$OUT/single.log" "$OUT/single" 0

@@ -6,6 +6,12 @@ per payload byte per replica = Σ over the nodes of Δ /proc/PID/io write_bytes 
 loadgen run / (acknowledged records × record bytes × replicas). Node CPU per record = Σ over
 the nodes of the CPU time they ran around the loadgen run / acknowledged records (warm-up
 included in both).
+
+Under the table, per round, what the target (0.5 × the single node's max row) asks of the one
+disk: every replica of a one-host cluster writes every byte to it, so the cluster must make
+3 × 0.5 × the single node's MB/s durable. Beside it, the most any writer of that round made
+durable: `loadgen baseline` (1 MiB write + fdatasync, in one file and in three at once), the
+single node at 128 in flight, and the cluster at 128 in flight (× 3 replicas).
 """
 
 import json
@@ -45,6 +51,7 @@ def main():
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in range(1, ROUNDS + 1):
         for row, label in (("produce", "produce, max (64 × 1 KiB, 32 in flight)"),
+                           ("saturate", "produce, saturating (64 × 1 KiB, 128 in flight)"),
                            ("single", "1 in flight, 1 record")):
             base = load(f"r{r}-single-{row}")
             for kind in ("single", "cluster"):
@@ -66,6 +73,37 @@ def main():
                       f"| {'—' if amp is None else f'{amp:.3f}'} "
                       f"| {'—' if cpu_us is None else f'{cpu_us:.1f}'} | {cpu} "
                       f"| {run['produce_detail'].get('reroutes', 0)} | {run['errors']} |")
+    print()
+    for r in range(1, ROUNDS + 1):
+        line = disk_ceiling(r)
+        if line:
+            print(f"- round {r}: {line}")
+
+
+def disk_ceiling(r):
+    """What 0.5 × the single node's max row asks of this round's disk, against the most any
+    writer of the round made durable on it, as one sentence."""
+    baseline, single = load(f"r{r}-baseline"), load(f"r{r}-single-produce")
+    if not baseline or not single:
+        return None
+    disk = baseline["disk"]
+    one, three = disk["write_sync_fallocated_mb_per_s"], disk[
+        "write_sync_fallocated_replica_files_mb_per_s"]
+    needed = 3 * 0.5 * single["produce"]["mb_per_s"]
+    seen = [(one, "baseline: 1 MiB write + fdatasync, one file"),
+            (three, "baseline: the same, three files at once")]
+    for kind, replicas in (("single", 1), ("cluster", 3)):
+        run = load(f"r{r}-{kind}-saturate")
+        if run:
+            seen.append((replicas * run["produce"]["mb_per_s"],
+                         f"{'the single node' if kind == 'single' else 'the cluster'}, "
+                         f"128 in flight{'' if replicas == 1 else ', × 3 replicas'}"))
+    best = max(seen)
+    others = "; ".join(f"{mb:.0f} MB/s {what}" for mb, what in seen if (mb, what) != best)
+    return (f"0.5 × the single node's max row needs the three replicas to make "
+            f"3 × 0.5 × {single['produce']['mb_per_s']:.0f} = {needed:.0f} MB/s durable on this "
+            f"one disk; the most made durable in this round: {best[0]:.0f} MB/s ({best[1]}; "
+            f"{others}).")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@
 //!   flight and no sync, into `fallocate`d never-written blocks and over written ones (raw
 //!   write bandwidth: the better of the two); 1 MiB reads the same way (what a catch-up
 //!   reader can get); 1 MiB writes each followed by `fdatasync`, one at a time, both kinds of
-//!   blocks (what a durable group commit costs); and 4 KiB write + `fdatasync` latency, one
-//!   at a time, into written blocks (what the log's tail-block rewrite costs) and into
-//!   fallocated ones.
+//!   blocks (what a durable group commit costs); the same in [`REPLICA_FILES`] files at once,
+//!   one writer each (what three replicas sharing this disk can make durable together: a
+//!   one-host cluster's ceiling); and 4 KiB write + `fdatasync` latency, one at a time, into
+//!   written blocks (what the log's tail-block rewrite costs) and into fallocated ones.
 //! - **Loopback TCP**: a plain std sender and receiver on 127.0.0.1 (each pinned to a CPU when
 //!   `--cpuset` gives them), 256 KiB writes, for the duration.
 //!
@@ -35,6 +36,10 @@ const FRESH_FILE_BYTES: u64 = 1 << 30;
 const LARGE_WRITE_BYTES: usize = 1 << 20;
 /// Large writes in flight for the raw bandwidth figure.
 const WRITE_QUEUE_DEPTH: usize = 4;
+/// Synced writers at once for the shared-disk figure: a 3-replica cluster on one host.
+pub const REPLICA_FILES: usize = 3;
+/// Each of those writers' file (wrapped around if the duration outlasts it).
+const REPLICA_FILE_BYTES: u64 = 256 << 20;
 /// Bytes per small synced write.
 const SMALL_WRITE_BYTES: usize = 4096;
 /// Bytes per loopback write.
@@ -62,6 +67,11 @@ pub struct DiskBaseline {
     /// The same over blocks written before.
     pub write_sync_rewrite_mb_per_s: f64,
     pub write_sync_rewrite_latency_us: LatencySummary,
+    /// 1 MiB write + `fdatasync` each, one at a time in each of `REPLICA_FILES` fallocated
+    /// files at once: MB/s made durable by all of them together. A cluster whose replicas
+    /// share this disk writes every byte once per replica, so it can acknowledge at most this
+    /// divided by the replicas.
+    pub write_sync_fallocated_replica_files_mb_per_s: f64,
     /// 4 KiB write + `fdatasync` into blocks written before (the log's tail-block rewrite).
     pub sync_4k_rewrite_latency_us: LatencySummary,
     /// 4 KiB write + `fdatasync` into fallocated, never-written blocks.
@@ -128,6 +138,7 @@ pub fn text(r: &BaselineReport) -> String {
          disk 1 MiB reads, {WRITE_QUEUE_DEPTH} in flight:                           {:.0} MB/s\n  \
          disk 1 MiB write + fdatasync each, fallocated blocks:      {:.0} MB/s ({})\n  \
          disk 1 MiB write + fdatasync each, written blocks:         {:.0} MB/s ({})\n  \
+         disk 1 MiB write + fdatasync, {REPLICA_FILES} files at once, fallocated: {:.0} MB/s in all\n  \
          disk 4 KiB write + fdatasync, written blocks:              {}\n  \
          disk 4 KiB write + fdatasync, fallocated blocks:           {}\n  \
          loopback TCP:                                             {:.0} MB/s\n  \
@@ -141,6 +152,7 @@ pub fn text(r: &BaselineReport) -> String {
         lat(&d.write_sync_fallocated_latency_us),
         d.write_sync_rewrite_mb_per_s,
         lat(&d.write_sync_rewrite_latency_us),
+        d.write_sync_fallocated_replica_files_mb_per_s,
         lat(&d.sync_4k_rewrite_latency_us),
         lat(&d.sync_4k_fallocated_latency_us),
         r.loopback_tcp.mb_per_s,
@@ -170,7 +182,10 @@ async fn disk(dir: &Path, duration: Duration) -> Result<DiskBaseline, String> {
         path.clone(),
         path.with_extension("fresh"),
         path.with_extension("fresh4k"),
-    ] {
+    ]
+    .into_iter()
+    .chain((0..REPLICA_FILES).map(|k| replica_file(&path, k)))
+    {
         let _ = std::fs::remove_file(p);
     }
     result
@@ -212,6 +227,9 @@ async fn disk_on(path: &Path, duration: Duration) -> Result<DiskBaseline, String
         .map_err(|e| io("preparing", e))?;
     let fallocated_4k = small_syncs(&fresh.file, duration).await;
     fresh.remove().await;
+    let replica_files = replica_synced_writes(path, duration)
+        .await
+        .map_err(|e| io("writing", e))?;
     Ok(DiskBaseline {
         write_mb_per_s: fallocated.mb_per_s.max(rewrite.mb_per_s),
         write_fallocated_mb_per_s: fallocated.mb_per_s,
@@ -221,6 +239,7 @@ async fn disk_on(path: &Path, duration: Duration) -> Result<DiskBaseline, String
         write_sync_fallocated_latency_us: sync_fallocated_lat,
         write_sync_rewrite_mb_per_s: sync_rewrite_mb,
         write_sync_rewrite_latency_us: sync_rewrite_lat,
+        write_sync_fallocated_replica_files_mb_per_s: replica_files,
         sync_4k_rewrite_latency_us: rewrite_4k,
         sync_4k_fallocated_latency_us: fallocated_4k.map_err(|e| io("writing", e))?,
     })
@@ -349,6 +368,38 @@ async fn synced_writes(
     }
     let mb_per_s = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
     Ok((mb_per_s, LatencySummary::of(&h)))
+}
+
+fn replica_file(path: &Path, k: usize) -> PathBuf {
+    path.with_extension(format!("replica{k}"))
+}
+
+/// [`synced_writes`] in `REPLICA_FILES` fresh files at once, one task each; MB/s in all.
+async fn replica_synced_writes(path: &Path, duration: Duration) -> glommio::Result<f64, ()> {
+    let mut files = Vec::with_capacity(REPLICA_FILES);
+    for k in 0..REPLICA_FILES {
+        files.push(Scratch::create(&replica_file(path, k), REPLICA_FILE_BYTES).await?);
+    }
+    let tasks: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let file = f.file.clone();
+            glommio::spawn_local(async move {
+                synced_writes(&file, REPLICA_FILE_BYTES, duration)
+                    .await
+                    .map(|(mb_per_s, _)| mb_per_s)
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(REPLICA_FILES);
+    for t in tasks {
+        results.push(t.await);
+    }
+    for f in files {
+        f.remove().await;
+    }
+    // Each writer's MB/s is over its own run, and they ran over the same span of time.
+    results.into_iter().sum()
 }
 
 /// 4 KiB write + `fdatasync`, one at a time, advancing from the file's start.
