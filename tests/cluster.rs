@@ -1100,14 +1100,16 @@ fn nodes_advertised_by_host_name_are_joined_and_followed() {
 
     // Only the follower, by IP: every produce is answered NOT_LEADER naming the leader's host.
     let config = ClientConfig::new(cluster.addr(follower), &cluster.tls, "client").unwrap();
-    let base = common::run(|| async move {
+    let (base, lookups) = common::run(|| async move {
         let client = ClusterClient::new(config);
-        client
+        let base = client
             .produce(0, vec![Bytes::from_static(b"by-name")])
             .await
             .expect("the client follows a leader named by host")
-            .base_offset
+            .base_offset;
+        (base, client.lookups_made())
     });
+    assert_eq!(lookups, 1, "the leader's host name is looked up once");
     let on_leader = common::run(|| {
         let client = cluster.client_of(&[leader]);
         let addr = cluster.addr(leader);

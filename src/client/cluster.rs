@@ -21,7 +21,7 @@ use bytes::Bytes;
 use rustls_pki_types::ServerName;
 
 use crate::client::{Client, ClientConfig, ClientError};
-use crate::net::addr::Resolved;
+use crate::net::addr::{LOOKUP_TTL, Lookups, Resolved};
 use crate::net::errors::ServerError;
 use crate::net::frame::{Request, Response};
 use crate::proto::{
@@ -46,6 +46,8 @@ pub struct ClusterClient {
     /// The certificate name of each address learnt from a `HOST:PORT` name (the IP address
     /// otherwise).
     names: RefCell<HashMap<SocketAddr, ServerName<'static>>>,
+    /// Host names looked up, kept for [`LOOKUP_TTL`].
+    lookups: Lookups,
     /// How long one request may spend finding a leader.
     pub leader_wait: Duration,
 }
@@ -64,6 +66,7 @@ impl ClusterClient {
             connecting: RefCell::new(HashMap::new()),
             leaders: RefCell::new(HashMap::new()),
             names: RefCell::new(names),
+            lookups: Lookups::new(LOOKUP_TTL),
             leader_wait: Duration::from_millis(LEADER_WAIT_MS_DEFAULT),
         }
     }
@@ -98,7 +101,7 @@ impl ClusterClient {
     /// name that does not resolve adds nothing.
     pub async fn add_named_seeds(&self, addrs: impl IntoIterator<Item = &str>) {
         for addr in addrs {
-            match crate::net::addr::resolve(addr).await {
+            match self.lookups.resolve(addr).await {
                 Ok(resolved) => self.add_resolved_seeds(&resolved),
                 Err(e) => log::debug!("cluster client: {e}"),
             }
@@ -107,9 +110,10 @@ impl ClusterClient {
 
     /// Where the node named `addr` (`IP:PORT` or `HOST:PORT`, as a `NotLeader` hint names it)
     /// is reached: the first of its addresses already connected, else the first that accepts
-    /// a connection. `None` if none does (or the name does not resolve).
+    /// a connection. `None` if none does (or the name does not resolve); a host name is then
+    /// looked up afresh next time.
     async fn reach(&self, addr: &str) -> Option<SocketAddr> {
-        let resolved = match crate::net::addr::resolve(addr).await {
+        let resolved = match self.lookups.resolve(addr).await {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("cluster client: {e}");
@@ -129,7 +133,13 @@ impl ClusterClient {
                 return Some(a);
             }
         }
+        self.lookups.forget(addr);
         None
+    }
+
+    /// Host-name lookups made so far (each name once per [`LOOKUP_TTL`] while it answers).
+    pub fn lookups_made(&self) -> u64 {
+        self.lookups.made()
     }
 
     /// The client of the node at `addr`, connecting if needed.

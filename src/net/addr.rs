@@ -7,9 +7,16 @@
 //! (`getaddrinfo`), which blocks: [`resolve`] runs it on the executor's blocking pool so a core
 //! keeps serving meanwhile.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
+
+/// How long a client keeps a host name's addresses (a DNS answer's lifetime is not visible
+/// through `getaddrinfo`; this bounds how stale one can be).
+pub const LOOKUP_TTL: Duration = Duration::from_secs(10);
 
 /// Where a node can be reached and what its certificate must name.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +74,65 @@ pub async fn resolve(addr: &str) -> Result<Resolved, String> {
     glommio::executor()
         .spawn_blocking(move || resolve_blocking(&owned))
         .await
+}
+
+/// Host-name lookups kept for a while: a client that follows `NotLeader` hints by name asks
+/// the resolver (a trip to the blocking pool) once per name per TTL, not once per hint.
+/// `IP:PORT` names are never stored: they need no lookup.
+pub struct Lookups {
+    ttl: Duration,
+    entries: RefCell<HashMap<String, (Instant, Resolved)>>,
+    /// Lookups made through the resolver (for tests and debugging).
+    made: Cell<u64>,
+}
+
+impl Lookups {
+    pub fn new(ttl: Duration) -> Lookups {
+        Lookups {
+            ttl,
+            entries: RefCell::new(HashMap::new()),
+            made: Cell::new(0),
+        }
+    }
+
+    /// `addr` resolved: as is for `IP:PORT`, from the cache while fresh, else looked up (off
+    /// the core, see [`resolve`]) and kept. A failed lookup is not kept.
+    pub async fn resolve(&self, addr: &str) -> Result<Resolved, String> {
+        self.resolve_with(addr, |a| async move { resolve(&a).await })
+            .await
+    }
+
+    async fn resolve_with<F, Fut>(&self, addr: &str, lookup: F) -> Result<Resolved, String>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Resolved, String>>,
+    {
+        if let Some(resolved) = literal(addr) {
+            return Ok(resolved);
+        }
+        if let Some((at, resolved)) = self.entries.borrow().get(addr)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(resolved.clone());
+        }
+        self.made.set(self.made.get() + 1);
+        let resolved = lookup(addr.to_string()).await?;
+        self.entries
+            .borrow_mut()
+            .insert(addr.to_string(), (Instant::now(), resolved.clone()));
+        Ok(resolved)
+    }
+
+    /// Drops what is kept for `addr` (none of its addresses answered: the host may have
+    /// moved), so the next use looks it up again.
+    pub fn forget(&self, addr: &str) {
+        self.entries.borrow_mut().remove(addr);
+    }
+
+    /// Lookups made through the resolver so far.
+    pub fn made(&self) -> u64 {
+        self.made.get()
+    }
 }
 
 #[cfg(test)]
@@ -130,5 +196,48 @@ mod tests {
         assert_eq!(literal, resolve_blocking("127.0.0.1:1"));
         assert_eq!(named, resolve_blocking("localhost:1"));
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn lookups_are_kept_for_their_ttl_and_forgotten_on_demand() {
+        let answer = || Resolved {
+            addrs: vec!["127.0.0.1:7400".parse().unwrap()],
+            server_name: ServerName::try_from("node-a.example".to_string()).unwrap(),
+        };
+        let lookup = |_: String| async move { Ok(answer()) };
+        futures::executor::block_on(async {
+            let cache = Lookups::new(Duration::from_secs(3600));
+            // An IP address is never looked up nor kept.
+            assert_eq!(
+                cache.resolve_with("127.0.0.1:1", lookup).await,
+                resolve_blocking("127.0.0.1:1")
+            );
+            assert_eq!(cache.made(), 0);
+            // A name is looked up once, then served from the cache.
+            for _ in 0..3 {
+                assert_eq!(
+                    cache.resolve_with("node-a:7400", lookup).await,
+                    Ok(answer())
+                );
+            }
+            assert_eq!(cache.made(), 1);
+            // A failed lookup is not kept.
+            let failing = |_: String| async move { Err::<Resolved, _>("no such host".into()) };
+            assert!(cache.resolve_with("node-b:7400", failing).await.is_err());
+            assert_eq!(
+                cache.resolve_with("node-b:7400", lookup).await,
+                Ok(answer())
+            );
+            assert_eq!(cache.made(), 3);
+            // Forgetting a name makes the next use look it up again.
+            cache.forget("node-a:7400");
+            cache.resolve_with("node-a:7400", lookup).await.unwrap();
+            assert_eq!(cache.made(), 4);
+            // An entry older than the TTL is looked up again.
+            let short = Lookups::new(Duration::ZERO);
+            short.resolve_with("node-a:7400", lookup).await.unwrap();
+            short.resolve_with("node-a:7400", lookup).await.unwrap();
+            assert_eq!(short.made(), 2);
+        });
     }
 }
