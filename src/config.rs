@@ -110,9 +110,10 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
     pub snapshot_bytes_max: u64,
     /// How often each core checks the leaders of its partitions (0: never). A node that leads
-    /// at least two more of them than another voter holding its whole log hands one partition
-    /// to the voter that leads the fewest. Partitions start led by the node that bootstrapped
-    /// them; this spreads the leaders, and so the write load.
+    /// at least two more of them than another caught-up voter (one holding what the leader
+    /// held a moment before) hands one partition to the voter that leads the fewest.
+    /// Partitions start led by the node that bootstrapped them; this spreads the leaders, and
+    /// so the write load.
     #[arg(long, default_value_t = 10_000)]
     pub leader_balance_interval_ms: u64,
     /// Raft heartbeat interval.

@@ -373,7 +373,10 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
         shard.add_group(group);
     }
     if let Some(every) = replication.leader_balance_interval {
-        glommio::spawn_local(balance_leaders(shard.clone(), every)).detach();
+        // A target may be this far behind its leader (see Group::balance_view): well inside
+        // the minimum election timeout that openraft's target waits to catch up.
+        let window = Duration::from_millis((replication.timing.election_min_ms / 4).clamp(1, 100));
+        glommio::spawn_local(balance_leaders(shard.clone(), every, window)).detach();
     }
     Ok(())
 }
@@ -382,12 +385,20 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
 const BALANCE_TRANSFER_MS: u64 = 2_000;
 
 /// Leader balancing for this core's groups (src/raft/balance.rs), every `every`: at most one
-/// leadership transfer per check.
-async fn balance_leaders(shard: Rc<Shard>, every: Duration) {
+/// leadership transfer per check, to a voter at most `window` behind its leader.
+async fn balance_leaders(shard: Rc<Shard>, every: Duration, window: Duration) {
     let me = shard.node.config.node_id;
     while sleep_unless_stopping(&shard, every).await {
         let groups: Vec<_> = shard.groups.borrow().values().cloned().collect();
-        let views: Vec<_> = groups.iter().map(|g| g.balance_view()).collect();
+        let held: Vec<_> = groups.iter().map(|g| g.last_log_index()).collect();
+        if !sleep_unless_stopping(&shard, window).await {
+            break;
+        }
+        let views: Vec<_> = groups
+            .iter()
+            .zip(held)
+            .map(|(g, held)| g.balance_view(held))
+            .collect();
         let Some((partition, to)) = crate::raft::balance::choose_transfer(me, &views) else {
             continue;
         };

@@ -128,6 +128,8 @@ struct Load {
     /// it may come from the old leader).
     mark: Cell<Option<Instant>>,
     first_ack_after_mark: Cell<Option<Instant>>,
+    /// Records per produce, and bytes each record is padded to.
+    shape: Cell<(usize, usize)>,
 }
 
 impl Load {
@@ -139,7 +141,14 @@ impl Load {
             stop: Cell::new(false),
             mark: Cell::new(None),
             first_ack_after_mark: Cell::new(None),
+            shape: Cell::new((RECORDS_PER_PRODUCE, 0)),
         })
+    }
+
+    /// Produces of `records` records, each padded to `bytes` (default: small records).
+    fn with_shape(self: Rc<Self>, records: usize, bytes: usize) -> Rc<Self> {
+        self.shape.set((records, bytes));
+        self
     }
 
     /// Starts `writers` producers per partition.
@@ -164,8 +173,15 @@ impl Load {
     async fn produce(&self, client: &ClusterClient, partition: u32, writer: usize) {
         let mut n = 0u64;
         while !self.stop.get() {
-            let values: Vec<Bytes> = (0..RECORDS_PER_PRODUCE)
-                .map(|i| Bytes::from(format!("{}-p{partition}-w{writer}-n{n}-r{i}", self.tag)))
+            let (records, pad) = self.shape.get();
+            let values: Vec<Bytes> = (0..records)
+                .map(|i| {
+                    let mut v = format!("{}-p{partition}-w{writer}-n{n}-r{i}", self.tag);
+                    if v.len() < pad {
+                        v.push_str(&".".repeat(pad - v.len()));
+                    }
+                    Bytes::from(v)
+                })
                 .collect();
             n += 1;
             let sent = Instant::now();
@@ -1215,6 +1231,70 @@ fn leaders_spread_over_the_nodes_and_stay() {
     std::thread::sleep(Duration::from_millis(3_000));
     assert_eq!(leaders(&cluster), spread, "balanced leaders moved again");
     merge(&mut acked, produce(&cluster.client(), "after", 3, 10));
+    assert_replicas_agree(&cluster, &all, &acked);
+}
+
+/// Leaders spread while every partition takes writes without a pause. Under sustained writes
+/// a follower is almost never holding the leader's last entry at the instant the balancer
+/// looks; it must take a follower that held what the leader had a moment before, and the
+/// transfer then waits for the rest (src/raft/group.rs, `balance_view`). Requiring the whole
+/// log at the instant of the check left node 1 leading everything until the writes paused:
+/// measured with release builds under loadgen's max load (three partitions, 25 s), a leader
+/// moved only once the load ended. This test's debug-build followers do catch up at some
+/// checks, so without the change it passes too, only later; it holds the behaviour (leaders
+/// spread while writes flow, writes keep being acknowledged, replicas agree), not that stall.
+#[test]
+fn leaders_spread_while_every_partition_takes_writes() {
+    // Enough writers that some produce is always in flight on every partition.
+    const BALANCE_LOAD_WRITERS: usize = 8;
+    let cluster = start_cluster(
+        new_cluster("cluster_balance_load").with_leader_balance_ms(2_000),
+        3,
+    );
+    let all = cluster.ids();
+    let client = Rc::new(cluster.client());
+    let asking = cluster.client();
+    let addrs: Vec<SocketAddr> = all.iter().map(|id| cluster.addr(*id)).collect();
+    // Large produces keep the followers' logs behind the leader's at almost every instant.
+    let load = Load::new("balance").with_shape(64, 1024);
+    let spread = common::run(|| async {
+        let tasks = load.start(&client, BALANCE_LOAD_WRITERS);
+        for p in 0..PARTITIONS {
+            load.wait_for_acks(p, 50, CONVERGE).await;
+        }
+        let deadline = Instant::now() + CONVERGE;
+        let spread = loop {
+            let mut leaders = Vec::new();
+            for p in 0..PARTITIONS {
+                leaders.push(
+                    agreed_leader(&asking, &addrs, p, None, CONVERGE)
+                        .await
+                        .unwrap_or_else(|views| panic!("no agreed leader of p{p}: {views}")),
+                );
+            }
+            let distinct: std::collections::BTreeSet<_> = leaders.iter().collect();
+            if distinct.len() == leaders.len() {
+                break leaders;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leaders never spread under load: {leaders:?} lead partitions 0..{PARTITIONS}"
+            );
+            corelog::io::sleep(Duration::from_millis(100)).await;
+        };
+        // The writes went on all along: acknowledgements kept coming after the spread.
+        for p in 0..PARTITIONS {
+            let after = load.acked_count(p) + 50;
+            load.wait_for_acks(p, after, CONVERGE).await;
+        }
+        load.stop(tasks).await;
+        spread
+    });
+    println!(
+        "leaders of partitions 0..{PARTITIONS} under load: {spread:?}; failed produces: {:?}",
+        load.failures()
+    );
+    let acked = load.acked.take();
     assert_replicas_agree(&cluster, &all, &acked);
 }
 

@@ -27,9 +27,10 @@ pub struct GroupView {
     pub partition: Partition,
     pub leader: Option<NodeId>,
     pub voters: BTreeSet<NodeId>,
-    /// Voters that hold every entry this node's log does (this node leads the group), with
-    /// how far their log goes; targets are taken from these only (a target that is behind when
-    /// the transfer reaches it ignores it, and the group waits for an election).
+    /// Voters that hold every entry this node's log held a moment before (this node leads
+    /// the group), with how far their log goes; targets are taken from these only (a target
+    /// too far behind to catch up when the transfer reaches it ignores it, and the group
+    /// waits for an election; see `Group::balance_view`).
     pub caught_up: BTreeMap<NodeId, u64>,
 }
 

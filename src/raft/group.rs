@@ -358,13 +358,20 @@ impl Group {
     }
 
     /// This group as the leader balancer sees it ([`crate::raft::balance`]).
-    pub fn balance_view(&self) -> crate::raft::balance::GroupView {
+    pub fn balance_view(&self, held: Option<u64>) -> crate::raft::balance::GroupView {
         let (_, voters) = self.members();
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        // Only a voter that holds everything this leader does: a target whose log is behind
-        // when the transfer reaches it ignores it, and the group waits for an election.
+        // Only a voter that holds what this leader's log held a moment ago (`held`, see
+        // [`Group::last_log_index`]), or all of it now without `held`. Such a voter is at most
+        // that moment behind: once the transfer starts this leader proposes nothing more, and
+        // openraft's target waits (up to the minimum election timeout) until it has flushed
+        // the leader's last entry before it runs. A target further behind would let that wait
+        // run out, and the group would sit leaderless until an election. Requiring the whole
+        // log at the instant of the check never holds under sustained writes: balancing then
+        // waited for a lull.
         let last = m.last_log_index;
+        let needed = held.map_or(last, |h| Some(h).min(last));
         let caught_up = m
             .replication
             .as_ref()
@@ -372,7 +379,7 @@ impl Group {
                 r.iter()
                     .filter_map(|(id, matched)| {
                         matched
-                            .filter(|l| Some(l.index) >= last)
+                            .filter(|l| Some(l.index) >= needed)
                             .map(|l| (*id, l.index))
                     })
                     .collect()
@@ -383,6 +390,17 @@ impl Group {
             leader: m.current_leader,
             voters,
             caught_up,
+        }
+    }
+
+    /// This group's last log index while this node leads it (for [`Group::balance_view`]).
+    pub fn last_log_index(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if m.current_leader == Some(self.node_id) {
+            m.last_log_index
+        } else {
+            None
         }
     }
 
