@@ -447,12 +447,41 @@ pub fn wait_until_port_reusable(port: u16) {
     assert!(!listening, "something else listens on port {port}");
 }
 
-/// A loopback port that was free a moment ago (for tests that need fixed ports).
+/// A loopback port that was free a moment ago (for tests that need fixed ports: a cluster's
+/// nodes, which restart on the same address).
+///
+/// Taken from below the kernel's ephemeral range, not by binding port 0: a port from that
+/// range can be handed to an outgoing connection (of this test, or of any other running at
+/// the same time) between this call and the node binding it, and the node would then fail to
+/// start. Each process walks its own sequence from a random start, so two calls in one test
+/// binary never return the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span < 1_000 {
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+    }
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let port = (LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOWEST}..{ephemeral_low}");
 }
 
 /// One acknowledged record: where the node put it and what it holds.
