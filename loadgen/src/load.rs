@@ -743,22 +743,37 @@ async fn settle(
             }
         };
         state.borrow_mut().route_broken = false;
-        let next = state.borrow_mut().refused.pop_first();
-        let Some((first, sent)) = next else {
+        let refused = std::mem::take(&mut state.borrow_mut().refused);
+        if refused.is_empty() {
             return true;
-        };
-        if state.borrow().max_acked_first.is_some_and(|m| m > first) {
-            // A later batch was acknowledged meanwhile: resending this one would put
-            // acknowledged records out of order. It was certainly not applied; it failed.
-            core.error("not_leader");
-            state
-                .borrow_mut()
-                .failed
-                .insert(first, first + sent.count - 1);
-            continue;
         }
-        let result = client.produce(partition, sent.records.clone()).await;
-        answered(core, state, sent, Some((addr, nodes.clone())), result);
+        let mut resend = Vec::with_capacity(refused.len());
+        for (first, sent) in refused {
+            if state.borrow().max_acked_first.is_some_and(|m| m > first) {
+                // A later batch was acknowledged meanwhile: resending this one would put
+                // acknowledged records out of order. It was certainly not applied; it failed.
+                core.error("not_leader");
+                state
+                    .borrow_mut()
+                    .failed
+                    .insert(first, first + sent.count - 1);
+            } else {
+                resend.push(sent);
+            }
+        }
+        // All at once, oldest first, on the leader's one connection (sent in this order, as
+        // a producer's batches always are), then booked in the same order. One refused again
+        // goes back to `refused`; a later one acknowledged meanwhile then fails it on the next
+        // pass (above), so acknowledged records stay in order.
+        let results = futures::future::join_all(
+            resend
+                .iter()
+                .map(|sent| client.produce(partition, sent.records.clone())),
+        )
+        .await;
+        for (sent, result) in resend.into_iter().zip(results) {
+            answered(core, state, sent, Some((addr, nodes.clone())), result);
+        }
     }
 }
 

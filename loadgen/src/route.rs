@@ -13,10 +13,12 @@
 //! Order: a producer's acknowledged records must land in sequence order (the verifier checks
 //! that). A resend could overtake batches still in flight, so a broken route is a barrier
 //! (`load.rs`): the producer stops sending, waits for every request in flight, finds the
-//! leader, then resends the refused batches one at a time in sequence order before it goes
-//! on. A refused batch older than a batch acknowledged meanwhile (a node refused it, then
-//! became leader and accepted a later one) is not resent, as that would reorder acknowledged
-//! records: it counts as failed (`not_leader`).
+//! leader, then resends the refused batches in sequence order, all at once on the leader's
+//! connection as its batches always travel (one at a time, they cost a commit each: 32 in
+//! flight took about 0.4 s to resend after a leader move), before it goes on. A refused
+//! batch older than a batch acknowledged meanwhile (a node refused it, then became leader
+//! and accepted a later one) is not resent, as that would reorder acknowledged records: it
+//! counts as failed (`not_leader`).
 //!
 //! Consumers may read from any replica: a follower serves what is committed below its own high
 //! watermark, at the same offsets as the leader. A consumer whose node fails moves to another
