@@ -373,7 +373,7 @@ async fn start_groups(shard: &Rc<Shard>) -> Result<(), String> {
         shard.add_group(group);
     }
     if let Some(every) = replication.leader_balance_interval {
-        // A target may be this far behind its leader (see Group::balance_view): well inside
+        // A target may be this far behind its leader (see raft::balance::caught_up): well inside
         // the minimum election timeout that openraft's target waits to catch up.
         let window = Duration::from_millis((replication.timing.election_min_ms / 4).clamp(1, 100));
         glommio::spawn_local(balance_leaders(shard.clone(), every, window)).detach();

@@ -1237,12 +1237,14 @@ fn leaders_spread_over_the_nodes_and_stay() {
 /// Leaders spread while every partition takes writes without a pause. Under sustained writes
 /// a follower is almost never holding the leader's last entry at the instant the balancer
 /// looks; it must take a follower that held what the leader had a moment before, and the
-/// transfer then waits for the rest (src/raft/group.rs, `balance_view`). Requiring the whole
+/// transfer then waits for the rest (src/raft/balance.rs, `caught_up`). Requiring the whole
 /// log at the instant of the check left node 1 leading everything until the writes paused:
 /// measured with release builds under loadgen's max load (three partitions, 25 s), a leader
 /// moved only once the load ended. This test's debug-build followers do catch up at some
 /// checks, so without the change it passes too, only later; it holds the behaviour (leaders
 /// spread while writes flow, writes keep being acknowledged, replicas agree), not that stall.
+/// The rule itself is pinned by `raft::balance`'s unit test
+/// `a_voter_that_held_what_the_leader_held_a_moment_ago_is_caught_up`, which fails without it.
 #[test]
 fn leaders_spread_while_every_partition_takes_writes() {
     // Enough writers that some produce is always in flight on every partition.

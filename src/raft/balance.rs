@@ -30,8 +30,30 @@ pub struct GroupView {
     /// Voters that hold every entry this node's log held a moment before (this node leads
     /// the group), with how far their log goes; targets are taken from these only (a target
     /// too far behind to catch up when the transfer reaches it ignores it, and the group
-    /// waits for an election; see `Group::balance_view`).
+    /// waits for an election; see [`caught_up`]).
     pub caught_up: BTreeMap<NodeId, u64>,
+}
+
+/// The voters a leader may hand its group to, with how far their log goes: those whose log
+/// reaches `held`, what the leader's log held a moment before the check (or all of `last`, its
+/// log now, without `held`).
+///
+/// Such a voter is at most that moment behind. Once a transfer starts the leader proposes
+/// nothing more, and openraft's target waits (up to the minimum election timeout) until it
+/// has flushed the leader's last entry before it runs; a target further behind would let that
+/// wait run out, and the group would sit without a writable leader until an election.
+/// Requiring all of `last` at the instant of the check almost never holds under sustained
+/// writes: balancing then waited for a lull.
+pub fn caught_up(
+    matched: impl IntoIterator<Item = (NodeId, Option<u64>)>,
+    last: Option<u64>,
+    held: Option<u64>,
+) -> BTreeMap<NodeId, u64> {
+    let needed = held.map_or(last, |h| Some(h).min(last));
+    matched
+        .into_iter()
+        .filter_map(|(id, m)| m.filter(|&i| Some(i) >= needed).map(|i| (id, i)))
+        .collect()
 }
 
 /// Which group `me` should hand to which voter, if any (see the module doc).
@@ -164,6 +186,27 @@ mod tests {
         // The most caught-up among equals.
         views[2].caught_up.insert(2, 500);
         assert_eq!(choose_transfer(1, &views), Some((Partition(2), 2)));
+    }
+
+    #[test]
+    fn a_voter_that_held_what_the_leader_held_a_moment_ago_is_caught_up() {
+        // The leader's log is at 120 now and was at 100 when the check began.
+        let matched = [(2, Some(110)), (3, Some(90)), (4, None), (5, Some(120))];
+        assert_eq!(
+            caught_up(matched, Some(120), Some(100)),
+            BTreeMap::from([(2, 110), (5, 120)]),
+            "under sustained writes a follower is behind the last entry at every instant"
+        );
+        // Without the earlier look, only the whole log counts.
+        assert_eq!(
+            caught_up(matched, Some(120), None),
+            BTreeMap::from([(5, 120)])
+        );
+        // A log that shrank since (another leader's term): never more than the log now.
+        assert_eq!(
+            caught_up(matched, Some(105), Some(100_000)),
+            BTreeMap::from([(2, 110), (5, 120)])
+        );
     }
 
     #[test]

@@ -357,34 +357,20 @@ impl Group {
         Some(self.is_leader())
     }
 
-    /// This group as the leader balancer sees it ([`crate::raft::balance`]).
+    /// This group as the leader balancer sees it ([`crate::raft::balance`]); `held` is its
+    /// last log index a moment before ([`Group::last_log_index`]).
     pub fn balance_view(&self, held: Option<u64>) -> crate::raft::balance::GroupView {
         let (_, voters) = self.members();
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        // Only a voter that holds what this leader's log held a moment ago (`held`, see
-        // [`Group::last_log_index`]), or all of it now without `held`. Such a voter is at most
-        // that moment behind: once the transfer starts this leader proposes nothing more, and
-        // openraft's target waits (up to the minimum election timeout) until it has flushed
-        // the leader's last entry before it runs. A target further behind would let that wait
-        // run out, and the group would sit leaderless until an election. Requiring the whole
-        // log at the instant of the check never holds under sustained writes: balancing then
-        // waited for a lull.
-        let last = m.last_log_index;
-        let needed = held.map_or(last, |h| Some(h).min(last));
-        let caught_up = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .filter_map(|(id, matched)| {
-                        matched
-                            .filter(|l| Some(l.index) >= needed)
-                            .map(|l| (*id, l.index))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // See `balance::caught_up`: a voter within a moment of this leader.
+        let caught_up = crate::raft::balance::caught_up(
+            m.replication
+                .iter()
+                .flat_map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))),
+            m.last_log_index,
+            held,
+        );
         crate::raft::balance::GroupView {
             partition: self.partition,
             leader: m.current_leader,
