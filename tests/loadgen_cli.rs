@@ -521,10 +521,9 @@ fn a_leader_handing_off_mid_run_is_followed_in_order() {
         .args(["--batch-records", "16", "--in-flight", "8"])
         .args(["--cores", "1", "--duration", "5s"])
         .args(["--warmup", "0s", "--json"])
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("start loadgen");
+        .arg(&json);
+    // Bounded like every loadgen run here; the hand-off happens while it runs.
+    let run = std::thread::spawn(move || run_bounded(cmd));
     std::thread::sleep(Duration::from_secs(2));
     let pid = cluster.pid(leader);
     cluster.send_sigterm(leader);
@@ -532,7 +531,7 @@ fn a_leader_handing_off_mid_run_is_followed_in_order() {
         cluster.wait_stopped(pid).success(),
         "node {leader} stops cleanly"
     );
-    let out = child.wait_with_output().expect("loadgen ends");
+    let out = run.join().expect("loadgen's run ends");
     let text = std::fs::read_to_string(&json)
         .unwrap_or_else(|e| panic!("no JSON report ({e})\n{}", describe(&out)));
     let r: Value = serde_json::from_str(&text).expect("the JSON report parses");
